@@ -1,0 +1,3 @@
+from medmnist_pipeline.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The params.yaml schema: the single source of truth, validated on load by every stage.
+
+Every key is required and explicit in params.yaml (no hidden defaults here); unknown keys, wrong types and
+impossible values stop the stage with one readable message naming the full key, e.g.
+``data.size: 100 is not one of 28, 64, 128 or 224``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medmnist_pipeline.errors import ParamsError
+from medmnist_pipeline.metadata import DATASETS, TASKS
+
+Flag = Literal[
+    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist", "custom",
+]  # fmt: skip
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """Strict: no unknown keys, no silent type coercion (``"28"`` is not 28, ``1`` is not ``true``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+class DownloadParams(Section):
+    timeout_s: Annotated[float, Field(gt=0)]
+    retries: NonNegativeInt
+    backoff_s: Annotated[float, Field(ge=0)]  # wait before the first retry; doubles each time
+
+
+class CustomDataParams(Section):
+    """Bring your own data: an npz in the MedMNIST layout, with the facts the official table would give."""
+
+    path: str | None
+    task: Literal[TASKS] | None  # type: ignore[valid-type]
+    labels: list[str] | None
+
+
+class DataParams(Section):
+    flag: Flag
+    size: Literal[28, 64, 128, 224]
+    mirror: str | None
+    download: DownloadParams
+    custom: CustomDataParams
+
+    @model_validator(mode="after")
+    def _custom_needs_its_facts(self) -> DataParams:
+        filled = {k: v for k, v in self.custom.model_dump().items() if v is not None}
+        if self.flag == "custom":
+            missing = sorted({"path", "task", "labels"} - set(filled))
+            if missing:
+                raise ValueError(f"data.flag is 'custom', so data.custom.{missing[0]} must be set")
+            if self.custom.task != "multi-label, binary-class" and len(self.custom.labels) < 2:
+                raise ValueError("data.custom.labels: a classification task needs at least 2 label names")
+        elif filled:
+            raise ValueError(
+                f"data.custom.{sorted(filled)[0]} is only used with data.flag: custom (data.flag is {self.flag!r});"
+                " set it to null"
+            )
+        return self
+
+
+# --- augment ------------------------------------------------------------------------------------------------
+
+
+class AugmentParams(Section):
+    copies: NonNegativeInt
+    # A list of one-key mappings, ``- TransformName: {arg: value}``, applied in order (albumentations.Compose).
+    transforms: list[dict[str, dict[str, Any]]]
+
+    @field_validator("transforms", mode="after")
+    @classmethod
+    def _transforms_exist(cls, transforms: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        from medmnist_pipeline.augment import check_transform  # lazy: albumentations takes ~3 s to import
+
+        for i, item in enumerate(transforms):
+            if len(item) != 1:
+                raise ValueError(f"item {i} must be a single 'TransformName: {{args}}' mapping, got keys {list(item)}")
+            ((name, args),) = item.items()
+            problem = check_transform(name, args)
+            if problem:
+                raise ValueError(f"augment.transforms[{i}].{name}: {problem}")
+        return transforms
+
+
+# --- tracking -----------------------------------------------------------------------------------------------
+
+
+class TrackingParams(Section):
+    # null: sqlite:///<repo root>/mlflow.db. The MLFLOW_TRACKING_URI environment variable overrides both.
+    uri: str | None
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+# --- the whole file -----------------------------------------------------------------------------------------
+
+
+class Params(Section):
+    seed: NonNegativeInt
+    data: DataParams
+    augment: AugmentParams
+    tracking: TrackingParams
+
+    @model_validator(mode="after")
+    def _transforms_keep_shape(self) -> Params:
+        # Augmented images are stored as uint8 arrays of the original shape: try the pipeline once on a blank
+        # image of the configured size so that Normalize, Resize or a crop fail here, not halfway through a stage.
+        from medmnist_pipeline.augment import check_pipeline_output
+
+        channels = DATASETS[self.data.flag].n_channels if self.data.flag != "custom" else None
+        problem = check_pipeline_output(self.augment.transforms, self.data.size, channels)
+        if problem:
+            raise ValueError(f"augment.transforms: {problem}")
+        return self
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` is a string; DVC (YAML 1.2) reads it as a float. Agree with DVC."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the project root, or pass --params PATH)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError with every problem, each naming its full key."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (seed, data, ...), got {type(raw).__name__}")
+    return validate(Params, raw, source=str(path))
+
+
+def validate(model: type[BaseModel], raw: Any, source: str, prefix: tuple[str | int, ...] = ()) -> Any:
+    """Validate ``raw`` against ``model``; errors name keys as ``prefix.key`` (prefix: where ``raw`` lives)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [format_error(model, prefix, err) for err in exc.errors()]
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
+
+
+def dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def format_error(model: type[BaseModel], prefix: tuple[str | int, ...], err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key, value, kind = dotted(prefix + loc), err.get("input"), err["type"]
+    if kind == "literal_error":
+        return f"{key}: {value!r} is not one of {err['ctx']['expected']}"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"{key}: unknown key (allowed: {', '.join(allowed)}){hint}"
+    if kind == "missing":
+        return f"{key}: missing; every key must be set explicitly in params.yaml"
+    if kind == "value_error":
+        # Our own cross-field checks already name their keys.
+        msg = str(err["ctx"]["error"])
+        return msg if re.match(r"^[a-z_]+\.", msg) else f"{key}: {msg}"
+    return f"{key}: {err['msg'].lower()} (got {value!r})"
+
+
+def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
+    """The allowed keys of the section at ``loc`` (for 'unknown key' messages)."""
+    for part in loc:
+        if not _is_section(model):
+            return []
+        if isinstance(part, str):  # list indices were already peeled off by _unwrap
+            model = _unwrap(model.model_fields[part].annotation) if part in model.model_fields else None
+    return list(model.model_fields) if _is_section(model) else []
+
+
+def _is_section(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Peel Optional[...], list[...], dict[str, ...] and Annotated[...] down to the section model inside."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin in (Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        elif origin in (list, dict, Annotated):
+            annotation = typing.get_args(annotation)[-1 if origin is not Annotated else 0]
+        else:
+            return annotation

@@ -1,0 +1,247 @@
+"""MedMNIST data: fetch the official file (present, mirror or download; always MD5-verified), check it, and
+store each split as plain ``.npy`` arrays that later stages memory-map and index a batch at a time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmnist_pipeline.config import DataParams
+from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.files import atomic_file, md5sum
+from medmnist_pipeline.metadata import DATASETS, SPLITS
+
+MIRROR_ENV = "MEDMNIST_MIRROR"
+ARRAY_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a prepared dataset is; written to ``meta.json`` beside the arrays and read by every later stage."""
+
+    flag: str
+    size: int
+    task: str
+    labels: list[str]
+    n_channels: int
+    n_samples: dict[str, int]
+    md5: str
+    file: str
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label, binary-class"
+
+
+# --- fetching -----------------------------------------------------------------------------------------------
+
+
+def fetch(params: DataParams, raw_dir: Path, log=print) -> tuple[Path, str]:
+    """Return (path, md5) of the verified source file, copying or downloading it into ``raw_dir`` if needed."""
+    if params.flag == "custom":
+        path = Path(params.custom.path)
+        if not path.is_file():
+            raise PipelineError(f"data.custom.path: {path} does not exist")
+        return path, md5sum(path)
+
+    info = DATASETS[params.flag]
+    name, expected = info.file_name(params.size), info.md5[params.size]
+    target = raw_dir / name
+    if target.is_file():
+        actual = md5sum(target)
+        if actual == expected:
+            log(f"{target}: present, MD5 {actual} matches")
+            return target, actual
+        log(f"{target}: MD5 {actual} does not match the official {expected}; fetching a fresh copy")
+
+    mirror = os.environ.get(MIRROR_ENV) or params.mirror
+    if mirror and (Path(mirror) / name).is_file():
+        log(f"copying {name} from mirror {mirror}")
+        with atomic_file(target) as tmp:
+            shutil.copyfile(Path(mirror) / name, tmp)
+            _check_md5(tmp, expected, source=str(Path(mirror) / name))
+        return target, expected
+    if mirror:
+        log(f"mirror {mirror} has no {name}; downloading it")
+
+    download(info.url(params.size), target, expected, params.download.timeout_s, params.download.retries,
+             params.download.backoff_s, log=log)  # fmt: skip
+    return target, expected
+
+
+def download(
+    url: str, target: Path, md5: str, timeout_s: float, retries: int, backoff_s: float, log=print
+) -> None:
+    """Download ``url`` to ``target`` through a temporary file that is renamed only once its MD5 matches."""
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            wait = backoff_s * 2 ** (attempt - 1)
+            log(f"retry {attempt}/{retries} in {wait:.0f} s ({last_error})")
+            time.sleep(wait)
+        try:
+            with atomic_file(target) as tmp:
+                _stream(url, tmp, timeout_s)
+                _check_md5(tmp, md5, source=url)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:  # 404 and friends will not change by asking again
+                raise PipelineError(f"{url}: HTTP {exc.code} {exc.reason}.\n{_offline_help(target, md5)}") from None
+            last_error = exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            last_error = exc
+    raise PipelineError(
+        f"could not download {url} ({retries + 1} attempts; last error: {last_error}).\n{_offline_help(target, md5)}"
+    )
+
+
+def _stream(url: str, path: Path, timeout_s: float) -> None:
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(path, "wb") as f:  # noqa: S310
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name.strip(".")) as bar:
+            while chunk := response.read(1 << 20):  # a short body raises http.client.IncompleteRead
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _check_md5(path: Path, expected: str, source: str) -> None:
+    actual = md5sum(path)
+    if actual != expected:
+        raise PipelineError(f"{source}: MD5 mismatch: expected {expected}, got {actual}; the file was discarded")
+
+
+def _offline_help(target: Path, md5: str) -> str:
+    return (
+        f"To run offline, place the official file at {target} (MD5 {md5}), or point data.mirror in params.yaml "
+        f"(or the {MIRROR_ENV} environment variable) at a folder that holds {target.name}."
+    )
+
+
+# --- checking and preparing ---------------------------------------------------------------------------------
+
+
+def expected_meta(params: DataParams, path: Path, md5: str) -> DatasetMeta:
+    """The facts the file must agree with: the official table, or what params declare for custom data."""
+    if params.flag == "custom":
+        with np.load(path, allow_pickle=False) as npz:
+            counts = {s: int(npz[f"{s}_labels"].shape[0]) for s in SPLITS if f"{s}_labels" in npz.files}
+        c = params.custom
+        return DatasetMeta("custom", params.size, c.task, list(c.labels), 0, counts, md5, path.name)
+    info = DATASETS[params.flag]
+    return DatasetMeta(info.flag, params.size, info.task, list(info.labels), info.n_channels,
+                       dict(info.n_samples), md5, path.name)  # fmt: skip
+
+
+def prepare(source: Path, meta: DatasetMeta, out_dir: Path) -> DatasetMeta:
+    """Check ``source`` against ``meta`` and write ``{split}_images.npy``, ``{split}_labels.npy``, ``meta.json``.
+
+    Images are streamed from the zip into ``.npy`` memory maps, so no more than one chunk is held in RAM.
+    Returns ``meta`` completed with the channel count found in the file (custom data declares none).
+    """
+    name = source.name
+    try:
+        npz = np.load(source, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{name}: not a readable npz archive ({exc})") from None
+    with npz:
+        missing = [k for k in ARRAY_KEYS if k not in npz.files]
+        if missing:
+            raise PipelineError(f"{name}: missing arrays {', '.join(missing)} (expected {', '.join(ARRAY_KEYS)})")
+        channels = None
+        for split in SPLITS:
+            labels = _checked_labels(npz[f"{split}_labels"], meta, f"{name}: {split}_labels")
+            shape = _copy_images(source, f"{split}_images", out_dir / f"{split}_images.npy", meta)
+            if len(labels) != shape[0]:
+                raise PipelineError(f"{name}: {split} has {shape[0]} images but {len(labels)} labels")
+            if meta.flag != "custom" and shape[0] != meta.n_samples[split]:
+                raise PipelineError(f"{name}: {split} has {shape[0]} images, the official {meta.flag} has "
+                                    f"{meta.n_samples[split]}")  # fmt: skip
+            found = 1 if len(shape) == 3 else shape[3]
+            if channels not in (None, found):
+                raise PipelineError(f"{name}: {split}_images has {found} channels, the other splits {channels}")
+            channels = found
+            np.save(out_dir / f"{split}_labels.npy", labels)
+    meta = DatasetMeta(**{**asdict(meta), "n_channels": channels})
+    (out_dir / "meta.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return meta
+
+
+def _checked_labels(labels: np.ndarray, meta: DatasetMeta, what: str) -> np.ndarray:
+    if labels.dtype.kind not in "iu":
+        raise PipelineError(f"{what}: dtype {labels.dtype}, expected integers")
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    width = meta.num_outputs if meta.multi_label else 1
+    if labels.ndim != 2 or labels.shape[1] != width:
+        raise PipelineError(f"{what}: shape {labels.shape}, expected (N, {width}) for task {meta.task!r}")
+    high = 1 if meta.multi_label else meta.num_outputs - 1
+    if labels.size and (labels.min() < 0 or labels.max() > high):
+        raise PipelineError(f"{what}: values from {labels.min()} to {labels.max()}, expected 0..{high} "
+                            f"({meta.num_outputs} labels: {', '.join(meta.labels)})")  # fmt: skip
+    return labels.astype(np.int64)
+
+
+def _copy_images(source: Path, key: str, target: Path, meta: DatasetMeta) -> tuple[int, ...]:
+    what = f"{source.name}: {key}"
+    with zipfile.ZipFile(source) as zf, zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        if dtype != np.uint8:
+            raise PipelineError(f"{what}: dtype {dtype}, expected uint8")
+        expected_channels = meta.n_channels or (shape[3] if len(shape) == 4 else 1)
+        grey_ok = len(shape) == 3 and expected_channels == 1
+        rgb_ok = len(shape) == 4 and shape[3] == expected_channels == 3
+        if not (grey_ok or rgb_ok) or shape[1:3] != (meta.size, meta.size):
+            want = f"(N, {meta.size}, {meta.size}" + (", 3)" if expected_channels == 3 else ")")
+            raise PipelineError(f"{what}: shape {shape}, expected {want} (data.size is {meta.size})")
+        if fortran_order:
+            raise PipelineError(f"{what}: Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
+        out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=shape)
+        flat, chunk = out.reshape(-1), 64 << 20
+        for start in range(0, flat.size, chunk):
+            data = f.read(min(chunk, flat.size - start))
+            if not data:
+                raise PipelineError(f"{what}: archive member ends early")
+            flat[start : start + len(data)] = np.frombuffer(data, np.uint8)
+        out.flush()
+        del out
+    return tuple(shape)
+
+
+# --- loading (later stages) ---------------------------------------------------------------------------------
+
+
+def load_meta(prepared_dir: str | Path) -> DatasetMeta:
+    return DatasetMeta(**json.loads((Path(prepared_dir) / "meta.json").read_text()))
+
+
+def load_split(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images memory-mapped uint8 (N, H, W[, C]), labels int64 (N, L)) of one split."""
+    prepared_dir = Path(prepared_dir)
+    images = np.load(prepared_dir / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(prepared_dir / f"{split}_labels.npy", allow_pickle=False)
+    return images, labels
+
+
+def class_counts(labels: np.ndarray, meta: DatasetMeta) -> dict[str, int]:
+    """Images per class; for multi-label data, positives per label."""
+    counts = labels.sum(axis=0) if meta.multi_label else np.bincount(labels[:, 0], minlength=meta.num_outputs)
+    return {name: int(n) for name, n in zip(meta.labels, counts, strict=True)}

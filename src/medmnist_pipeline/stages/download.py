@@ -1,0 +1,45 @@
+"""download: fetch the MedMNIST file (present, mirror or official URL; MD5-verified) and prepare fast arrays."""
+
+from __future__ import annotations
+
+import json
+
+from medmnist_pipeline.config import load_params
+from medmnist_pipeline.data import class_counts, expected_meta, fetch, load_split, prepare
+from medmnist_pipeline.files import atomic_dir
+from medmnist_pipeline.metadata import SPLITS
+from medmnist_pipeline.paths import PREPARED_DIR, RAW_DIR, REPORTS_DIR
+from medmnist_pipeline.plots import image_grid
+from medmnist_pipeline.tracking import dataset_tags, stage_run
+
+SAMPLES_PER_CLASS = 8
+
+
+def main(params_path: str) -> None:
+    params = load_params(params_path)
+    reports = REPORTS_DIR / "data"
+    with stage_run("download", params, sections=["data"]) as run:
+        import mlflow
+
+        source, md5 = fetch(params.data, RAW_DIR)
+        with atomic_dir(PREPARED_DIR) as tmp:
+            meta = prepare(source, expected_meta(params.data, source, md5), tmp)
+        mlflow.set_tags(dataset_tags(meta))
+
+        # download produces every split; later stages never open the test split (only evaluate does).
+        summary = {s: {"count": meta.n_samples[s], "classes": class_counts(load_split(PREPARED_DIR, s)[1], meta)}
+                   for s in SPLITS}  # fmt: skip
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+        images, labels = load_split(PREPARED_DIR, "train")
+        rows = []
+        for index, name in enumerate(meta.labels):
+            chosen = (labels[:, index] == 1) if meta.multi_label else (labels[:, 0] == index)
+            rows.append((name, images[chosen.nonzero()[0][:SAMPLES_PER_CLASS]]))
+        image_grid(rows, reports / "samples.png", f"{meta.flag} {meta.size}px: training images per class")
+
+        mlflow.log_metrics({f"n_{split}": meta.n_samples[split] for split in SPLITS})
+        mlflow.log_artifacts(str(reports), artifact_path="data")
+        print(f"{meta.flag} {meta.size}px ({meta.task}): "
+              + ", ".join(f"{s} {meta.n_samples[s]}" for s in SPLITS) + f" -> {PREPARED_DIR}; run {run.info.run_id}")

@@ -1,0 +1,112 @@
+"""MLflow tracking: where runs are stored, and one run per stage with flattened params, tags and artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from medmnist_pipeline.config import Params
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlruns"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project root. ``dvc exp run --temp`` and ``--queue`` run stages in a copy under
+    ``<root>/.dvc/tmp/exps/``: their runs belong to the original project, so resolve to it."""
+    here = (start or Path.cwd()).resolve()
+    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), here)
+    parts = root.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
+            return Path(*parts[:i])
+    return root
+
+
+def tracking_uri(params: Params) -> str:
+    """``MLFLOW_TRACKING_URI`` (e.g. a team server) > ``tracking.uri`` > ``sqlite:///<root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri or f"sqlite:///{project_root() / DB_NAME}"
+
+
+def _mlflow() -> Any:
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no per-call store chatter in stage output
+    return mlflow
+
+
+def experiment_id(params: Params) -> str:
+    """Create the experiment on first use. For the default local store, artifacts go beside the database
+    (an absolute path, so runs from DVC's temporary experiment copies land there too)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri(params))
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
+    location = (project_root() / ARTIFACTS_DIR).as_uri() if local else None
+    try:
+        return mlflow.create_experiment(params.tracking.experiment, artifact_location=location)
+    except Exception:  # another worker created it between our two calls
+        return mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"size": 28}}`` -> ``{"data.size": 28}``: the same keys as params.yaml paths, in every run."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | dict) else value
+    return flat
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dataset_tags(meta: Any) -> dict[str, str]:
+    return {"dataset.flag": meta.flag, "dataset.size": str(meta.size), "dataset.md5": meta.md5,
+            "dataset.task": meta.task}  # fmt: skip
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    params: Params,
+    sections: Sequence[str],
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """An MLflow run for one stage: params of the sections it reads, tags that say what and where.
+
+    An exception inside the block ends the run as FAILED (MLflow's own context manager does that).
+    """
+    mlflow = _mlflow()
+    exp_id = experiment_id(params)
+    all_tags = {"stage": stage, **git_tags(), **(tags or {})}
+    if os.environ.get("DVC_EXP_NAME"):
+        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags) as run:
+        dumped = params.model_dump()
+        mlflow.log_params(flatten({s: dumped[s] for s in sections}))
+        yield run
