@@ -96,7 +96,7 @@ def download(
             time.sleep(wait)
         try:
             with atomic_file(target) as tmp:
-                _stream(url, tmp, timeout_s)
+                _stream(url, tmp, timeout_s, label=target.name)
                 _check_md5(tmp, md5, source=url)
             return
         except urllib.error.HTTPError as exc:
@@ -110,15 +110,20 @@ def download(
     )
 
 
-def _stream(url: str, path: Path, timeout_s: float) -> None:
+def _stream(url: str, path: Path, timeout_s: float, label: str) -> None:
     from tqdm import tqdm
 
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(path, "wb") as f:  # noqa: S310
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name.strip(".")) as bar:
-            while chunk := response.read(1 << 20):  # a short body raises http.client.IncompleteRead
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
+            while chunk := response.read(1 << 20):
                 f.write(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    # read(amt) returns b"" when the server closes early, without raising: compare with the announced length.
+    if total is not None and received != total:
+        raise http.client.IncompleteRead(b"", total - received)
 
 
 def _check_md5(path: Path, expected: str, source: str) -> None:
