@@ -1,0 +1,621 @@
+"""Error analysis for the evaluation report: confusion, per-class metrics, calibration, coverage, galleries, curves.
+
+Pure functions of predictions (numpy, scikit-learn, pandas, matplotlib only: no torch, Lightning or MLflow), so
+they can be tested on hand-computed toys and reused on any saved predictions.
+
+Conventions shared by every function:
+
+* ``task`` is one of the four MedMNIST task strings; ``"ordinal-regression"`` is treated as multi-class.
+* Single-label tasks: ``y_true`` holds (N,) class indices ((N, 1) as stored in MedMNIST files is accepted) and
+  ``y_score`` (N, C) softmax rows (C = 2 for binary); the prediction is the argmax.
+* Multi-label: ``y_true`` is (N, L) 0/1 and ``y_score`` (N, L) sigmoid outputs; a label is predicted positive when
+  ``p > 0.5`` (the rule of the official MedMNIST evaluator and of torchmetrics).
+* Figures are built as ``matplotlib.figure.Figure`` objects on an Agg canvas, never through pyplot: no window,
+  no global pyplot state to leak, no ``matplotlib.use`` side effect on the caller. ``save_figure`` writes them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    multilabel_confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from medmnist_pipeline.metadata import TASKS
+
+MULTI_LABEL = "multi-label, binary-class"
+THRESHOLD = 0.5  # multi-label decision threshold: positive when p > THRESHOLD
+NAME_MAX = 20  # label names longer than this are cut with an ellipsis on figures
+# read_size_curve: below this drop in validation error per doubling of the data, the curve counts as flat.
+# One point is about the standard error of a 10 % error rate measured on 1,000 images (sqrt(.1 * .9 / 1000)
+# = 0.95 points), so a smaller drop is within the noise of a single validation split.
+MIN_DROP_POINTS = 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks and small shared helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def is_multilabel(task: str) -> bool:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return task == MULTI_LABEL
+
+
+def _check(
+    y_true: Any, y_score: Any, task: str, label_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes once, so every function below can assume clean arrays."""
+    multilabel = is_multilabel(task)
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=float)
+    if y_score.ndim != 2:
+        raise ValueError(f"y_score must be (N, C), got shape {y_score.shape}")
+    n, c = y_score.shape
+    if multilabel:
+        if y_true.shape != y_score.shape:
+            raise ValueError(f"multi-label y_true {y_true.shape} and y_score {y_score.shape} must have the same shape")
+        y_true = y_true.astype(int)
+    else:
+        if y_true.ndim == 2 and y_true.shape[1] == 1:  # MedMNIST stores labels as (N, 1)
+            y_true = y_true[:, 0]
+        if y_true.shape != (n,):
+            raise ValueError(f"y_true must be (N,) = ({n},) class indices, got shape {y_true.shape}")
+        y_true = y_true.astype(int)
+        if n and (y_true.min() < 0 or y_true.max() >= c):
+            raise ValueError(f"class indices must lie in [0, {c}), got [{y_true.min()}, {y_true.max()}]")
+    if label_names is not None and len(label_names) != c:
+        raise ValueError(f"{len(label_names)} label names for {c} score columns")
+    return y_true, y_score
+
+
+def _predict(y_score: np.ndarray, multilabel: bool) -> np.ndarray:
+    return (y_score > THRESHOLD).astype(int) if multilabel else y_score.argmax(axis=1)
+
+
+def _row_normalise(counts: np.ndarray) -> np.ndarray:
+    """Rows divided by their sums; an empty row (class absent from y_true) stays all zeros rather than NaN."""
+    sums = counts.sum(axis=-1, keepdims=True)
+    return np.divide(counts, sums, out=np.zeros(counts.shape, dtype=float), where=sums > 0)
+
+
+def _short(name: str, limit: int = NAME_MAX) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on an Agg canvas, outside pyplot; constrained layout keeps rotated labels inside the image."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _heatmap(ax: Any, values: np.ndarray, fmt: str, rows: Sequence[str], cols: Sequence[str], vmax: float) -> None:
+    """Cells coloured and written with ``values``; white digits on dark cells so they stay readable."""
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax if vmax > 0 else 1, aspect="auto")
+    size = max(5.0, 9.0 - 0.3 * values.shape[1])  # rows get a fixed height per label, so columns set the room
+    for (i, j), value in np.ndenumerate(values):
+        dark = value > 0.6 * vmax
+        ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=size, color="white" if dark else "black")
+    short_cols = [_short(c) for c in cols]
+    rotate = max(map(len, short_cols)) > 3  # long names would overlap if written horizontally
+    ax.set_xticks(range(len(cols)), short_cols, fontsize=8, rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center", rotation_mode="anchor")  # fmt: skip
+    ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)
+
+
+def _note(ax: Any, text: str) -> None:
+    """An empty panel that says why it is empty, instead of a crash or a blank image."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1-3. Confusion matrices, per-class report, most confused pairs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def confusion(y_true: Any, y_score: Any, task: str, label_names: Sequence[str]) -> dict[str, Any]:
+    """Counts and row-normalised confusion matrices.
+
+    Single-label: ``counts[i, j]`` = images of true class i predicted as j, shape (C, C).
+    Multi-label: one 2x2 matrix per label at p > 0.5, shape (L, 2, 2), rows true 0/1, columns predicted 0/1
+    (scikit-learn's ``[[TN, FP], [FN, TP]]``). ``normalized`` divides each row by its sum (recall per true row).
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task, label_names)
+    y_pred = _predict(y_score, multilabel)
+    if multilabel:
+        counts = multilabel_confusion_matrix(y_true, y_pred, labels=range(y_score.shape[1]))
+    else:
+        counts = confusion_matrix(y_true, y_pred, labels=range(y_score.shape[1]))
+    return {"counts": counts, "normalized": _row_normalise(counts), "label_names": list(label_names),
+            "multilabel": multilabel}  # fmt: skip
+
+
+def plot_confusion(conf: dict[str, Any], title: str = "Confusion matrix") -> Figure:
+    """Counts (left) and row-normalised (right) side by side, from the dict ``confusion`` returns.
+
+    Multi-label: one row per label with the four cells of its 2x2 matrix (TN, FP, FN, TP) as columns, and their
+    rates (specificity, FPR, FNR, recall) on the right: 14 tiny 2x2 grids would be unreadable.
+    """
+    counts, norm, names = conf["counts"], conf["normalized"], conf["label_names"]
+    if conf["multilabel"]:
+        count_cells = counts.reshape(len(names), 4)
+        rate_cells = norm.reshape(len(names), 4)
+        fig = _figure(10, 0.32 * len(names) + 1.6)
+        left, right = fig.subplots(1, 2)
+        _heatmap(left, count_cells, "d", names, ["TN", "FP", "FN", "TP"], count_cells.max())
+        _heatmap(right, rate_cells, ".2f", names, ["TNR", "FPR", "FNR", "TPR"], 1.0)
+        for ax in (left, right):
+            ax.set_xlabel("cell of the label's 2x2 matrix (threshold 0.5)")
+    else:
+        side = max(3.8, 0.5 * len(names) + 2.2)
+        fig = _figure(2 * side, side)
+        left, right = fig.subplots(1, 2)
+        _heatmap(left, counts, "d", names, names, counts.max())
+        _heatmap(right, norm, ".2f", names, names, 1.0)
+        for ax in (left, right):
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+    left.set_title("counts", fontsize=9)
+    right.set_title("row-normalised (share of each true class)", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def per_class_report(y_true: Any, y_score: Any, task: str, label_names: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (per label for multi-label), one row each, indexed by name.
+
+    Undefined ratios (a class never predicted, or absent) are reported as 0, as scikit-learn's zero_division=0.
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task, label_names)
+    y_pred = _predict(y_score, multilabel)
+    labels = None if multilabel else list(range(y_score.shape[1]))  # keep classes absent from this split
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
+                                                                     zero_division=0)  # fmt: skip
+    frame = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support},
+                         index=pd.Index(list(label_names), name="label"))  # fmt: skip
+    return frame
+
+
+def most_confused_pairs(conf_counts: Any, label_names: Sequence[str], k: int = 5) -> list[tuple[str, str, int]]:
+    """The k largest off-diagonal cells of a (C, C) count matrix as ``(true name, predicted name, count)``.
+
+    Empty cells are left out (a pair never confused is not a finding), so fewer than k may come back.
+    Ties keep row-major order (true class, then predicted class), so the result is deterministic.
+    """
+    counts = np.asarray(conf_counts)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(label_names):
+        raise ValueError(f"need a square (C, C) single-label count matrix for {len(label_names)} names, "
+                         f"got shape {counts.shape}")  # fmt: skip
+    off = counts.astype(int).copy()
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    order = np.argsort(-flat, kind="stable")
+    pairs = []
+    for index in order[: max(k, 0)]:
+        if flat[index] <= 0:
+            break
+        i, j = divmod(int(index), counts.shape[0])
+        pairs.append((label_names[i], label_names[j], int(flat[index])))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. Calibration
+# --------------------------------------------------------------------------------------------------------------
+
+
+def reliability(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[str, Any]:
+    """Equal-width reliability bins over [0, 1] and the expected calibration error.
+
+    Single-label: the confidence is the top-class probability and a bin's accuracy the share of correct argmaxes.
+    Multi-label: every (sample, label) probability counts, and a bin's "accuracy" is its share of positives (the
+    reliability diagram of a binary probability). Bins are right-closed, (lo, hi], with 0 in the first bin.
+    ECE = sum over bins of (count / total) * |accuracy - mean confidence|. Empty bins hold NaN and weigh nothing.
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task)
+    if n_bins < 1:
+        raise ValueError("n_bins must be at least 1")
+    if multilabel:
+        confidence, hit = y_score.ravel(), y_true.ravel().astype(float)
+    else:
+        confidence, hit = y_score.max(axis=1), (y_score.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
+        bin_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / count
+        bin_accuracy = np.bincount(bins, weights=hit, minlength=n_bins) / count
+    filled = count > 0
+    weights = count[filled] / max(count.sum(), 1)
+    gaps = np.abs(bin_accuracy[filled] - bin_confidence[filled])
+    ece = float(np.sum(weights * gaps)) if filled.any() else float("nan")  # no predictions: undefined, not 0
+    return {"bin_edges": edges, "bin_confidence": bin_confidence, "bin_accuracy": bin_accuracy, "bin_count": count,
+            "ece": ece, "multilabel": multilabel}  # fmt: skip
+
+
+def plot_reliability(rel: dict[str, Any], title: str = "Reliability") -> Figure:
+    """Accuracy per bin as bars against the diagonal of perfect calibration, with the confidence histogram below."""
+    edges, count = rel["bin_edges"], rel["bin_count"]
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = _figure(5.5, 6)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration")
+    filled = count > 0
+    top.bar(centres[filled], rel["bin_accuracy"][filled], width=width[filled], edgecolor="black", alpha=0.75,
+            label="fraction positive" if rel["multilabel"] else "accuracy")  # fmt: skip
+    top.plot(rel["bin_confidence"][filled], rel["bin_accuracy"][filled], "o-", color="tab:red", markersize=3,
+             label="same, at each bin's mean confidence")  # fmt: skip
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("fraction positive" if rel["multilabel"] else "accuracy")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centres, count, width=width, color="0.6", edgecolor="black")
+    bottom.set_ylabel("count")
+    bottom.set_xlabel("predicted probability (every sample x label)" if rel["multilabel"]
+                      else "confidence (top-class probability)")  # fmt: skip
+    top.set_title(f"{title} - ECE = {rel['ece']:.3f}", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. Coverage: how many images can be answered at a given accuracy
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _confidence_and_accuracy(
+    y_true: np.ndarray, y_score: np.ndarray, multilabel: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample confidence and correctness (multi-label: mean over labels of max(p, 1-p), share of right labels)."""
+    if multilabel:
+        return np.maximum(y_score, 1 - y_score).mean(axis=1), (_predict(y_score, True) == y_true).mean(axis=1)
+    return y_score.max(axis=1), (y_score.argmax(axis=1) == y_true).astype(float)
+
+
+def coverage_curve(y_true: Any, y_score: Any, task: str) -> dict[str, np.ndarray]:
+    """Accuracy of the most confident fraction of images, for every coverage 1/N, 2/N, ..., 1.
+
+    Images are sorted by confidence, most confident first (a stable sort: ties keep their input order).
+    ``threshold[i]`` is the confidence of the last image answered at ``coverage[i]``, i.e. the cut-off to use.
+    Multi-label accuracy is per image the share of its labels predicted right (Hamming accuracy): exact match
+    over 14 labels would be near zero and hide the ordering.
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task)
+    confidence, correct = _confidence_and_accuracy(y_true, y_score, multilabel)
+    order = np.argsort(-confidence, kind="stable")
+    answered = np.arange(1, len(order) + 1)
+    return {"coverage": answered / len(order), "accuracy": np.cumsum(correct[order]) / answered,
+            "threshold": confidence[order]}  # fmt: skip
+
+
+def coverage_at_accuracy(curve: dict[str, np.ndarray], target: float) -> float:
+    """The largest coverage whose accuracy is at least ``target`` (1e-12 slack for float rounding); 0.0 if none."""
+    reached = curve["accuracy"] >= target - 1e-12
+    return float(curve["coverage"][reached].max()) if reached.any() else 0.0
+
+
+def plot_coverage(curve: dict[str, np.ndarray], title: str = "Accuracy vs coverage",
+                  targets: Sequence[float] = (0.9, 0.95, 0.99)) -> Figure:  # fmt: skip
+    """Accuracy of the answered images vs the fraction answered, with the coverage reachable at each target."""
+    fig = _figure(5.5, 4)
+    ax = fig.subplots()
+    ax.set_title(title, fontsize=10)
+    if len(curve["coverage"]) == 0:
+        _note(ax, "no predictions")
+        return fig
+    ax.plot(curve["coverage"], curve["accuracy"], color="tab:blue")
+    ax.axhline(curve["accuracy"][-1], ls="--", color="0.5", lw=1, label=f"all answered: {curve['accuracy'][-1]:.3f}")
+    for target in targets:
+        cov = coverage_at_accuracy(curve, target)
+        if cov > 0:
+            ax.plot([cov], [target], "o", markersize=5, label=f"accuracy {target:.2f}: {cov:.0%} answered")
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("fraction of test images answered (most confident first)")
+    ax.set_ylabel("accuracy of answered images")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. Ranking curves: ROC / PR for binary tasks, per-label AUC for multi-label
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plot_roc_pr(y_true: Any, y_score: Any, title: str = "Binary classifier") -> Figure:
+    """ROC (with AUC) and precision-recall (with average precision) side by side, scored by ``y_score[:, 1]``."""
+    y_true, y_score = _check(y_true, y_score, "binary-class")
+    if y_score.shape[1] != 2:
+        raise ValueError(f"binary y_score must be (N, 2), got {y_score.shape}")
+    positive = y_score[:, 1]
+    fig = _figure(10, 4.5)
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    if len(np.unique(y_true)) < 2:  # both curves are undefined with a single class
+        _note(roc_ax, "ROC needs both classes in y_true")
+        _note(pr_ax, "PR needs both classes in y_true")
+    else:
+        fpr, tpr, _ = roc_curve(y_true, positive)
+        roc_ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(y_true, positive):.3f}")
+        roc_ax.plot([0, 1], [0, 1], "--", color="0.5", label="chance")
+        roc_ax.set_xlabel("false positive rate")
+        roc_ax.set_ylabel("true positive rate")
+        precision, recall, _ = precision_recall_curve(y_true, positive)
+        pr_ax.step(recall, precision, where="post", label=f"AP = {average_precision_score(y_true, positive):.3f}")
+        pr_ax.axhline(y_true.mean(), ls="--", color="0.5", label=f"prevalence = {y_true.mean():.3f}")
+        pr_ax.set_xlabel("recall")
+        pr_ax.set_ylabel("precision")
+        for ax in (roc_ax, pr_ax):
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "lower left")
+    roc_ax.set_title("ROC", fontsize=10)
+    pr_ax.set_title("precision-recall", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str]) -> pd.Series:
+    """ROC AUC per label; NaN where the label has only one class in y_true (AUC undefined)."""
+    y_true, y_score = _check(y_true, y_score, MULTI_LABEL, label_names)
+    aucs = [roc_auc_score(y_true[:, j], y_score[:, j]) if len(np.unique(y_true[:, j])) == 2 else np.nan
+            for j in range(y_score.shape[1])]  # fmt: skip
+    return pd.Series(aucs, index=list(label_names), name="auc", dtype=float)
+
+
+def plot_per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str], title: str = "AUC per label") -> Figure:
+    """Horizontal bars of per-label AUC, best at the top; labels with undefined AUC are listed as n/a."""
+    aucs = per_label_auc(y_true, y_score, label_names).sort_values(ascending=True, na_position="first")
+    fig = _figure(6.5, 0.3 * len(aucs) + 1.5)
+    ax = fig.subplots()
+    positions = np.arange(len(aucs))
+    ax.barh(positions, aucs.fillna(0).to_numpy(), color="tab:blue")
+    for y, value in zip(positions, aucs.to_numpy(), strict=True):
+        ax.text(value + 0.01 if np.isfinite(value) else 0.01, y, f"{value:.3f}" if np.isfinite(value) else "n/a",
+                va="center", fontsize=7)  # fmt: skip
+    ax.axvline(0.5, ls="--", color="0.5", lw=1, label="chance")
+    if aucs.notna().any():
+        ax.axvline(aucs.mean(), ls=":", color="tab:red", lw=1, label=f"macro mean {aucs.mean():.3f}")
+    ax.set_yticks(positions, [_short(name) for name in aucs.index], fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("ROC AUC")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: bars fill the axes
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. Galleries: the most confidently wrong and the least confidently right images
+# --------------------------------------------------------------------------------------------------------------
+
+
+def worst_errors(y_true: Any, y_score: Any, task: str, k: int = 16) -> np.ndarray:
+    """Indices of up to k most confidently wrong predictions, worst first.
+
+    Single-label: wrong argmax, sorted by the predicted class's probability, descending.
+    Multi-label: images with any label wrong (p > 0.5 vs y), sorted by their largest |p - y|, descending.
+    Ties keep input order. Fewer than k (possibly none) come back when there are fewer errors.
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task)
+    if multilabel:
+        wrong = (_predict(y_score, True) != y_true).any(axis=1)
+        badness = np.abs(y_score - y_true).max(axis=1)
+    else:
+        wrong = y_score.argmax(axis=1) != y_true
+        badness = y_score.max(axis=1)
+    candidates = np.flatnonzero(wrong)
+    return candidates[np.argsort(-badness[candidates], kind="stable")][: max(k, 0)]
+
+
+def uncertain_correct(y_true: Any, y_score: Any, task: str, k: int = 16) -> np.ndarray:
+    """Indices of up to k correct predictions with the lowest confidence, least confident first.
+
+    Single-label: right argmax, sorted by the predicted class's probability, ascending.
+    Multi-label: images with every label right, sorted by their largest |p - y| descending, i.e. the label that
+    came closest to flipping (the mirror of ``worst_errors``). Ties keep input order.
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task)
+    if multilabel:
+        right = (_predict(y_score, True) == y_true).all(axis=1)
+        sureness = -np.abs(y_score - y_true).max(axis=1)
+    else:
+        right = y_score.argmax(axis=1) == y_true
+        sureness = y_score.max(axis=1)
+    candidates = np.flatnonzero(right)
+    return candidates[np.argsort(sureness[candidates], kind="stable")][: max(k, 0)]
+
+
+def gallery_captions(
+    y_true: Any, y_score: Any, task: str, label_names: Sequence[str], indices: Sequence[int]
+) -> list[str]:
+    """Captions for ``plot_gallery``: "true: pneumonia\\npred: normal (0.97)".
+
+    Multi-label: the positive labels on each side ("-" for none), then the label furthest from its truth with
+    its target and probability ("mass: y=0, p=0.93").
+    """
+    multilabel = is_multilabel(task)
+    y_true, y_score = _check(y_true, y_score, task, label_names)
+    captions = []
+    for i in indices:
+        if multilabel:
+            true = ", ".join(label_names[j] for j in np.flatnonzero(y_true[i])) or "-"
+            pred = ", ".join(label_names[j] for j in np.flatnonzero(y_score[i] > THRESHOLD)) or "-"
+            j = int(np.abs(y_score[i] - y_true[i]).argmax())
+            captions.append(f"true: {_short(true, 24)}\npred: {_short(pred, 24)}\n"
+                            f"{_short(label_names[j], 14)}: y={y_true[i, j]}, p={y_score[i, j]:.2f}")  # fmt: skip
+        else:
+            pred = int(y_score[i].argmax())
+            captions.append(f"true: {_short(label_names[y_true[i]])}\n"
+                            f"pred: {_short(label_names[pred])} ({y_score[i, pred]:.2f})")  # fmt: skip
+    return captions
+
+
+def plot_gallery(images: np.ndarray, indices: Sequence[int], captions: Sequence[str], title: str,
+                 columns: int = 6) -> Figure:  # fmt: skip
+    """A grid of ``images[indices]`` (uint8, grey in the gray colour map or RGB), one caption under each.
+
+    No indices gives a valid one-panel figure that says "none", so a report never misses its image.
+    """
+    indices = [int(i) for i in indices]
+    if len(captions) != len(indices):
+        raise ValueError(f"{len(captions)} captions for {len(indices)} images")
+    if not indices:
+        fig = _figure(4, 2)
+        _note(fig.subplots(), "none")
+        fig.suptitle(title, fontsize=10)
+        return fig
+    cols = min(columns, len(indices))
+    rows = -(-len(indices) // cols)  # ceiling division
+    caption_lines = max(caption.count("\n") + 1 for caption in captions)
+    fig = _figure(2.0 * cols, (1.9 + 0.17 * caption_lines) * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()  # unused cells of the last row stay blank
+    for ax, index, caption in zip(axes, indices, captions, strict=False):
+        image = np.asarray(images[index])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 8. Learning curves: per epoch, and against the size of the training set
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _plot_series(ax: Any, x: pd.Series, frame: pd.DataFrame, columns: Sequence[str]) -> int:
+    """Plot each present column against x, skipping its NaNs (Lightning logs train and val on separate rows)."""
+    drawn = 0
+    for column in columns:
+        if column not in frame:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        keep = values.notna() & x.notna()
+        if keep.any():
+            ax.plot(x[keep], values[keep], "o-", markersize=3, label=column)
+            drawn += 1
+    return drawn
+
+
+def plot_history(history: pd.DataFrame, title: str = "Training history") -> Figure:
+    """Loss (left) and accuracy/AUC (right) per epoch; missing or all-NaN columns are simply left out."""
+    if "epoch" in history:
+        x = pd.to_numeric(history["epoch"], errors="coerce")
+    else:  # the row number is the best stand-in for a log without epochs
+        x = pd.Series(np.arange(len(history)), index=history.index)
+    fig = _figure(10, 4)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    for ax, columns, ylabel in ((loss_ax, ["train_loss", "val_loss"], "loss"),
+                                (metric_ax, ["train_acc", "val_acc", "val_auc"], "metric")):  # fmt: skip
+        if _plot_series(ax, x, history, columns):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        else:
+            _note(ax, f"no {ylabel} logged")
+    loss_ax.set_title("loss", fontsize=10)
+    metric_ax.set_title("accuracy / AUC", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_size_curve(df: pd.DataFrame, title: str = "Learning curve vs training-set size") -> Figure:
+    """Train and validation error vs number of training images (log x), validation AUC on a twin axis."""
+    df = df.sort_values("n_train").reset_index(drop=True)
+    x = pd.to_numeric(df["n_train"], errors="coerce")
+    fig = _figure(6.5, 4.2)
+    ax = fig.subplots()
+    drawn = _plot_series(ax, x, df, ["train_error", "val_error"])
+    ax.set_xscale("log")
+    sizes = x.dropna().unique()
+    ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes], fontsize=8)  # the measured sizes, not powers of ten
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("error")
+    handles, labels = ax.get_legend_handles_labels()
+    if "val_auc" in df and df["val_auc"].notna().any():
+        twin = ax.twinx()
+        keep = df["val_auc"].notna()
+        twin.plot(x[keep], df["val_auc"][keep], "s--", color="tab:green", markersize=3, label="val_auc")
+        twin.set_ylabel("validation AUC")
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        # below the axes: "best" ignores the twin axis' line and would cover it
+        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
+    elif not drawn:
+        _note(ax, "no errors logged")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def read_size_curve(df: pd.DataFrame, min_drop_points: float = MIN_DROP_POINTS) -> str:
+    """One sentence reading the size curve: is validation error still falling, and how big is the train/val gap?
+
+    Errors are fractions in [0, 1]; "points" are percentage points. The slope is the least-squares drop in
+    validation error per doubling of n_train over the last doubling (points with n_train >= max / 2), or
+    between the last two sizes when the last doubling holds a single point. The curve counts as still falling
+    when that drop is at least ``min_drop_points`` (default 1 point; see MIN_DROP_POINTS for why).
+    """
+    rows = df.dropna(subset=["n_train", "train_error", "val_error"]).sort_values("n_train")
+    if len(rows) < 2 or rows["n_train"].nunique() < 2:
+        raise ValueError("need at least two training-set sizes with train_error and val_error")
+    errors = rows[["train_error", "val_error"]].to_numpy(dtype=float)
+    if errors.min() < 0 or errors.max() > 1:
+        raise ValueError("train_error and val_error must be fractions in [0, 1]")
+    n = rows["n_train"].to_numpy(dtype=float)
+    val = rows["val_error"].to_numpy(dtype=float) * 100
+    gap = (rows["val_error"].iloc[-1] - rows["train_error"].iloc[-1]) * 100
+    last = n >= n[-1] / 2
+    if np.unique(n[last]).size < 2:
+        last = np.arange(len(n)) >= len(n) - 2
+    slope = np.polyfit(np.log2(n[last]), val[last], 1)[0]  # points of error per doubling (negative = falling)
+    drop = -slope
+    if drop >= min_drop_points:
+        return (f"Validation error still falls by {drop:.1f} points per doubling of the data and the train/val gap "
+                f"is {gap:.1f} points: more data would likely help.")  # fmt: skip
+    trend = f"falls by only {drop:.1f}" if drop >= 0 else f"rises by {-drop:.1f}"
+    return (f"Validation error is flat ({trend} points per doubling of the data) and the train/val gap is "
+            f"{gap:.1f} points: more data is unlikely to help much.")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 9. Writing figures
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` (format from the suffix, PNG usually), creating parent folders, then release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    # Figures from this module are outside pyplot; one a caller made with pyplot must also leave its registry.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    fig.clear()
+    return path
