@@ -13,6 +13,8 @@ import sys
 STAGES = {
     "download": "fetch the MedMNIST file (present / mirror / official URL), verify its MD5, prepare arrays",
     "augment": "write the augmented copies of the training split declared in params.yaml",
+    "baseline": "train the logistic-regression baseline (params: baseline), selected on validation AUC",
+    "train": "train the CNN (params: train) on the augmented data, selected on validation AUC",
 }
 
 

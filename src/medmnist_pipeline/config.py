@@ -64,12 +64,12 @@ class DataParams(Section):
         if self.flag == "custom":
             missing = sorted({"path", "task", "labels"} - set(filled))
             if missing:
-                raise ValueError(f"data.flag is 'custom', so data.custom.{missing[0]} must be set")
+                raise ValueError(f"@flag is 'custom', so @custom.{missing[0]} must be set")
             if self.custom.task != "multi-label, binary-class" and len(self.custom.labels) < 2:
-                raise ValueError("data.custom.labels: a classification task needs at least 2 label names")
+                raise ValueError("@custom.labels: a classification task needs at least 2 label names")
         elif filled:
             raise ValueError(
-                f"data.custom.{sorted(filled)[0]} is only used with data.flag: custom (data.flag is {self.flag!r});"
+                f"@custom.{sorted(filled)[0]} is only used with @flag: custom (@flag is {self.flag!r});"
                 " set it to null"
             )
         return self
@@ -94,8 +94,98 @@ class AugmentParams(Section):
             ((name, args),) = item.items()
             problem = check_transform(name, args)
             if problem:
-                raise ValueError(f"augment.transforms[{i}].{name}: {problem}")
+                raise ValueError(f"@[{i}].{name}: {problem}")
         return transforms
+
+
+# --- training (baseline and train share one schema: one training core) ------------------------------------
+
+
+class ModelParams(Section):
+    name: Literal["logreg", "convnet", "resnet18", "resnet50"]
+    # convnet only: [(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head
+    filters: PositiveInt  # in the first block; doubles in each block after it
+    kernel_size: Annotated[int, Field(ge=1, le=7)]
+    convs_per_block: PositiveInt
+    blocks: Annotated[int, Field(ge=1, le=5)]
+    fc_layers: NonNegativeInt
+    fc_width: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    stem: Literal["cifar", "imagenet"]  # resnets only: 3x3 stride 1 (MedMNIST's 28 px form) or 7x7/2 + maxpool
+    init_from: str | None  # a models/*.ckpt of this project (e.g. trained on another flag): transfer learning
+    freeze: Literal["none", "backbone"]  # backbone: feature extraction (only the head trains)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelParams:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"@kernel_size: {self.kernel_size} must be odd (same padding)")
+        if self.freeze == "backbone" and self.init_from is None:
+            raise ValueError("@freeze: 'backbone' needs @init_from (a trained checkpoint to keep)")
+        return self
+
+
+class OptimizerParams(Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    lr: Annotated[float, Field(gt=0, le=10)]
+    weight_decay: Annotated[float, Field(ge=0)]  # L2 for adam/sgd/rmsprop, decoupled for adamw
+    momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd and rmsprop
+    nesterov: bool  # sgd only, needs momentum > 0
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimizerParams:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("@nesterov: true needs @name: sgd and @momentum > 0")
+        return self
+
+
+class ScheduleParams(Section):
+    # multistep: lr x factor at 50% and 75% of the epochs (the MedMNIST protocol, factor 0.1); cosine: to 0;
+    # onecycle: torch's OneCycleLR (its own warmup); plateau: lr x factor after `patience` epochs without a
+    # better validation AUC.
+    name: Literal["none", "multistep", "cosine", "onecycle", "plateau"]
+    warmup_epochs: NonNegativeInt  # linear warmup from lr/100; not with onecycle or plateau
+    factor: Annotated[float, Field(gt=0, lt=1)]
+    patience: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _warmup(self) -> ScheduleParams:
+        if self.warmup_epochs and self.name in ("onecycle", "plateau"):
+            raise ValueError(f"@warmup_epochs: must be 0 with @name: {self.name}")
+        return self
+
+
+class TrainerParams(Section):
+    accelerator: Literal["auto", "cpu", "gpu"]
+    devices: PositiveInt  # per node
+    num_nodes: PositiveInt
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork"]
+    precision: Literal[32, "bf16-mixed", "16-mixed"]
+    deterministic: bool
+    accumulate_grad_batches: PositiveInt
+    compile: bool  # torch.compile the network
+
+
+class BatchAugmentParams(Section):
+    """Cheap augmentation on the device, per batch (vectorised): no per-image Python."""
+
+    flip: bool  # random horizontal flip
+    translate: NonNegativeInt  # random shift of up to this many pixels
+
+
+class TrainParams(Section):
+    model: ModelParams
+    augmented: bool  # train on the augment stage's copies (epoch e: copy e mod copies) or on the originals
+    batch_size: PositiveInt
+    max_epochs: PositiveInt
+    optimizer: OptimizerParams
+    schedule: ScheduleParams
+    gradient_clip: Annotated[float, Field(ge=0)]  # max global grad norm; 0 = off
+    early_stopping_patience: NonNegativeInt  # epochs without a better validation AUC; 0 = off
+    batch_augment: BatchAugmentParams
+    resume: Literal["auto", "never"]  # auto: an interrupted run continues from its last checkpoint
+    overfit_batches: NonNegativeInt  # Lightning's sanity check: train and validate on this many batches; 0 = off
+    diagnostics: bool  # log gradient norm and dead-ReLU fractions per epoch
+    trainer: TrainerParams
 
 
 # --- tracking -----------------------------------------------------------------------------------------------
@@ -115,6 +205,15 @@ class Params(Section):
     data: DataParams
     augment: AugmentParams
     tracking: TrackingParams
+    baseline: TrainParams
+    train: TrainParams
+
+    @model_validator(mode="after")
+    def _baseline_is_logreg(self) -> Params:
+        if self.baseline.model.name != "logreg":
+            raise ValueError(f"@baseline.model.name: the baseline is multinomial logistic regression; "
+                             f"use 'logreg' (got {self.baseline.model.name!r}), other models belong in train")
+        return self
 
     @model_validator(mode="after")
     def _transforms_keep_shape(self) -> Params:
@@ -125,7 +224,7 @@ class Params(Section):
         channels = DATASETS[self.data.flag].n_channels if self.data.flag != "custom" else None
         problem = check_pipeline_output(self.augment.transforms, self.data.size, channels)
         if problem:
-            raise ValueError(f"augment.transforms: {problem}")
+            raise ValueError(f"@augment.transforms: {problem}")
         return self
 
 
@@ -197,10 +296,19 @@ def format_error(model: type[BaseModel], prefix: tuple[str | int, ...], err: dic
     if kind == "missing":
         return f"{key}: missing; every key must be set explicitly in params.yaml"
     if kind == "value_error":
-        # Our own cross-field checks already name their keys.
+        # Our own checks write keys relative to their section as "@key"; expand them to full paths.
         msg = str(err["ctx"]["error"])
-        return msg if re.match(r"^[a-z_]+\.", msg) else f"{key}: {msg}"
+        return _expand_keys(msg, key) if "@" in msg else f"{key}: {msg}"
     return f"{key}: {err['msg'].lower()} (got {value!r})"
+
+
+def _expand_keys(message: str, key: str) -> str:
+    """Our validators name keys relative to their section as ``@name`` or ``@[i]``; make those full paths."""
+
+    def full(match: re.Match) -> str:
+        return f"{key}[" if match.group(1) else (f"{key}." if key else "")
+
+    return re.sub(r"@(\[)?", full, message)
 
 
 def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:

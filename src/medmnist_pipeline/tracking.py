@@ -96,17 +96,23 @@ def stage_run(
     sections: Sequence[str],
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
     """An MLflow run for one stage: params of the sections it reads, tags that say what and where.
 
-    An exception inside the block ends the run as FAILED (MLflow's own context manager does that).
+    ``run_id`` continues an interrupted run instead of starting a new one. An exception inside the block ends
+    the run as FAILED (MLflow's own context manager does that).
     """
     mlflow = _mlflow()
     exp_id = experiment_id(params)
     all_tags = {"stage": stage, **git_tags(), **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):
         all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags) as run:
+    if run_id:
+        context = mlflow.start_run(run_id=run_id, tags=all_tags)
+    else:
+        context = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
+    with context as run:
         dumped = params.model_dump()
         mlflow.log_params(flatten({s: dumped[s] for s in sections}))
         yield run
