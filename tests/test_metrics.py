@@ -4,7 +4,6 @@ the torchmetrics version against the numpy one, the bootstrap interval, and unde
 from __future__ import annotations
 
 import math
-import os
 from types import ModuleType
 
 import numpy as np

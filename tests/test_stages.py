@@ -11,7 +11,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
 from helpers import make_npz, shared_file, write_params
 
 from medmnist_pipeline.stages import augment, download

@@ -543,6 +543,33 @@ def plot_history(history: pd.DataFrame, title: str = "Training history") -> Figu
     return fig
 
 
+def plot_histories(histories: pd.DataFrame, title: str = "Learning curves") -> Figure:
+    """Several models' per-epoch curves on shared axes: loss (train dashed, val solid), validation AUC and ACC.
+
+    ``histories`` is a long table with a ``model`` column and ``plot_history``'s columns.
+    """
+    fig = _figure(14, 4)
+    axes = fig.subplots(1, 3)
+    for index, (model, frame) in enumerate(histories.groupby("model", sort=False)):
+        colour = f"C{index}"
+        x = pd.to_numeric(frame["epoch"], errors="coerce")
+        for ax, column, style in ((axes[0], "train_loss", "--"), (axes[0], "val_loss", "-"),
+                                  (axes[1], "val_auc", "-"), (axes[2], "val_acc", "-")):  # fmt: skip
+            if column in frame and frame[column].notna().any():
+                keep = frame[column].notna()
+                label = f"{model} {column.split('_')[0]}" if ax is axes[0] else model
+                ax.plot(x[keep], frame[column][keep], style, color=colour, marker="o", markersize=2, label=label)
+    for ax, name in zip(axes, ("loss (train --, val -)", "validation AUC", "validation ACC"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            _note(ax, "nothing logged")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
 def plot_size_curve(df: pd.DataFrame, title: str = "Learning curve vs training-set size") -> Figure:
     """Train and validation error vs number of training images (log x), validation AUC on a twin axis."""
     df = df.sort_values("n_train").reset_index(drop=True)

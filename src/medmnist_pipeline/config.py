@@ -188,6 +188,85 @@ class TrainParams(Section):
     trainer: TrainerParams
 
 
+# --- tune ---------------------------------------------------------------------------------------------------
+
+
+class Distribution(Section):
+    """One search dimension: exactly one of ``float: [low, high]``, ``int: [low, high]`` or
+    ``categorical: [choices]``; ``log: true`` samples float/int ranges log-uniformly (false when omitted)."""
+
+    float_: list[float] | None = Field(None, alias="float", min_length=2, max_length=2)
+    int_: list[int] | None = Field(None, alias="int", min_length=2, max_length=2)
+    categorical: list[Any] | None = Field(None, min_length=1)
+    log: bool = False
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        kinds = [k for k in ("float_", "int_", "categorical") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("@: give exactly one of float: [low, high], int: [low, high], categorical: [...]")
+        bounds = self.float_ or self.int_
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"@: low must be below high (got {bounds})")
+        if self.log and (bounds is None or bounds[0] <= 0):
+            raise ValueError("@log: true needs a float or int range with low > 0")
+        return self
+
+
+class PrunerParams(Section):
+    name: Literal["median", "hyperband", "none"]
+    startup_trials: NonNegativeInt  # median: trials that are never pruned, to learn what "median" means
+    warmup_epochs: NonNegativeInt  # median: epochs before pruning starts; hyperband: its minimum resource - 1
+
+
+class TuneParams(Section):
+    n_trials: PositiveInt  # finished (completed or pruned) trials wanted in the study, across all workers
+    timeout_s: Annotated[float, Field(gt=0)] | None  # stop starting new trials after this long; null = no limit
+    sampler: Literal["tpe", "random", "grid"]
+    pruner: PrunerParams
+    metric: Literal["val/auc", "val/acc", "val/loss"]
+    direction: Literal["maximize", "minimize"]
+    # null: an Optuna journal file at <project root>/optuna/journal.log (safe for several workers on one
+    # machine); or any SQLAlchemy URL (postgresql://... for workers on several machines; sqlite:///... too).
+    storage: str | None
+    fixed: dict[str, Any]  # train.* paths overridden in every trial (e.g. fewer epochs than the final train)
+    space: Annotated[dict[str, Distribution], Field(min_length=1)]  # train.* path -> distribution
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneParams:
+        wanted = "minimize" if self.metric == "val/loss" else "maximize"
+        if self.direction != wanted:
+            raise ValueError(f"@direction: {self.metric} should be {wanted}d, not {self.direction}d")
+        if self.sampler == "grid":
+            loose = [p for p, d in self.space.items() if d.categorical is None]
+            if loose:
+                raise ValueError(f"@sampler: grid needs categorical dimensions only; {loose[0]} is a range")
+        for key in [*self.fixed, *self.space]:
+            if not key.startswith("train."):
+                raise ValueError(f"@space: {key!r} must be a path in the train section (train.optimizer.lr, ...)")
+            problem = _path_problem(TrainParams, key.split(".")[1:])
+            if problem:
+                raise ValueError(f"@space: {key!r}: {problem}")
+        overlap = set(self.fixed) & set(self.space)
+        if overlap:
+            raise ValueError(f"@fixed: {sorted(overlap)[0]} is also searched in tune.space; keep it in one place")
+        return self
+
+
+def _path_problem(model: type[BaseModel], parts: list[str]) -> str | None:
+    """Why ``parts`` is not a leaf key of ``model`` (a tuning path must name one setting)."""
+    for i, part in enumerate(parts):
+        if not _is_section(model) or part not in model.model_fields:
+            allowed = ", ".join(model.model_fields) if _is_section(model) else "none (a setting has no sub-keys)"
+            return f"no key {part!r} there (allowed: {allowed})"
+        model = _unwrap(model.model_fields[part].annotation)
+    if _is_section(model):
+        return f"names a whole section; name one of its keys ({', '.join(model.model_fields)})"
+    return None
+
+
 # --- tracking -----------------------------------------------------------------------------------------------
 
 
@@ -195,6 +274,47 @@ class TrackingParams(Section):
     # null: sqlite:///<repo root>/mlflow.db. The MLFLOW_TRACKING_URI environment variable overrides both.
     uri: str | None
     experiment: Annotated[str, Field(min_length=1)]
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------
+
+
+class BootstrapParams(Section):
+    resamples: Annotated[int, Field(ge=100)]  # resamples of the test images for each interval
+    confidence: Annotated[float, Field(gt=0.5, lt=1)]  # e.g. 0.95
+
+
+class LearningCurveParams(Section):
+    # stratified fractions of the training split to retrain the tuned configuration on; [] = no size curve
+    fractions: list[Annotated[float, Field(gt=0, le=1)]]
+
+    @field_validator("fractions")
+    @classmethod
+    def _distinct(cls, fractions: list[float]) -> list[float]:
+        if len(set(fractions)) != len(fractions):
+            raise ValueError(f"{fractions} repeats a fraction")
+        if len(fractions) == 1:
+            raise ValueError("a curve needs at least two fractions (or [] for none)")
+        return fractions
+
+
+class ErrorAnalysisParams(Section):
+    gallery: Annotated[int, Field(ge=1, le=60)]  # images in each gallery (worst errors, uncertain correct)
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]  # reliability diagram bins
+
+
+class EvaluateParams(Section):
+    bootstrap: BootstrapParams
+    seeds: list[NonNegativeInt]  # retrain the tuned configuration with each seed (mean ± sd); [] = off
+    learning_curve: LearningCurveParams
+    error_analysis: ErrorAnalysisParams
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds} repeats a seed")
+        return seeds
 
 
 # --- the whole file -----------------------------------------------------------------------------------------
@@ -207,6 +327,8 @@ class Params(Section):
     tracking: TrackingParams
     baseline: TrainParams
     train: TrainParams
+    tune: TuneParams
+    evaluate: EvaluateParams
 
     @model_validator(mode="after")
     def _baseline_is_logreg(self) -> Params:
@@ -267,6 +389,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return validate(Params, raw, source=str(path))
 
 
+def load_train_params(path: str | Path) -> TrainParams:
+    """A train section saved on its own (the tune stage's best_params.yaml: ``{train: {...}}``), validated."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
+        raise ParamsError(f"{path}: expected a mapping with a train section")
+    return validate(TrainParams, raw["train"], source=str(path), prefix=("train",))
+
+
+def check_trials_can_run(params: Params) -> None:
+    """Checks that only matter to the tune stage (a train section made for DDP is fine for `train` itself)."""
+    trainer = params.train.trainer
+    fixed = params.tune.fixed
+    devices = fixed.get("train.trainer.devices", trainer.devices)
+    nodes = fixed.get("train.trainer.num_nodes", trainer.num_nodes)
+    strategy = fixed.get("train.trainer.strategy", trainer.strategy)
+    if not (isinstance(devices, int) and isinstance(nodes, int)) or devices * nodes <= 1:
+        return
+    if strategy == "ddp":
+        raise ParamsError("tune.fixed: trials cannot use train.trainer.strategy ddp (its relaunched processes "
+                          "would run their own study.optimize); set train.trainer.strategy to ddp_spawn or "
+                          "ddp_fork in tune.fixed for multi-device trials")
+    if not (params.tune.storage or "").startswith(("sqlite", "postgresql", "mysql")):
+        raise ParamsError("tune.storage: multi-device trials need an RDB storage (sqlite:///..., postgresql://...) "
+                          "for Optuna's pruning callback under DDP")
+
+
 def validate(model: type[BaseModel], raw: Any, source: str, prefix: tuple[str | int, ...] = ()) -> Any:
     """Validate ``raw`` against ``model``; errors name keys as ``prefix.key`` (prefix: where ``raw`` lives)."""
     try:
@@ -316,9 +464,9 @@ def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
     for part in loc:
         if not _is_section(model):
             return []
-        if isinstance(part, str):  # list indices were already peeled off by _unwrap
-            model = _unwrap(model.model_fields[part].annotation) if part in model.model_fields else None
-    return list(model.model_fields) if _is_section(model) else []
+        if isinstance(part, str) and part in model.model_fields:  # other parts: list indices, dict keys
+            model = _unwrap(model.model_fields[part].annotation)
+    return [f.alias or name for name, f in model.model_fields.items()] if _is_section(model) else []
 
 
 def _is_section(obj: Any) -> bool:

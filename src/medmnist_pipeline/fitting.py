@@ -66,6 +66,11 @@ def fit(
                         train_fraction)  # fmt: skip
     module = build_classifier(section, meta)
     trainer = build_trainer(section, checkpoint_dir, logger, [*(callbacks or []), ReseedEachEpoch(seed)], progress)
+    if progress:
+        t = section.trainer
+        print(f"training {section.model.name} on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}"
+              f" x {trainer.num_devices * trainer.num_nodes} ({t.strategy}, precision {t.precision}), "
+              f"{section.max_epochs} epochs max")  # fmt: skip
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_from if resume_from.is_file() else None)
     seconds = time.perf_counter() - started
@@ -127,28 +132,37 @@ def train_stage(stage: str, params: Params, section: TrainParams, model_path: Pa
         save_figure(plot_history(result.history, f"{stage}: {section.model.name} on {meta.flag} {meta.size}px"),
                     reports_dir / "curves.png")  # fmt: skip
         with atomic_file(model_path) as tmp:
-            export_model(result.module, meta, metrics["val"], tmp)
+            export_model(result.module, meta, metrics["val"], tmp, result.history, run.info.run_id)
 
         mlflow.log_metrics({"best/val_auc": result.best["auc"], "best/val_acc": result.best["acc"],
                             "best/epoch": result.best["epoch"], "train_seconds": result.seconds})  # fmt: skip
         mlflow.log_artifacts(str(reports_dir), artifact_path=stage)
         mlflow.log_artifact(str(model_path), artifact_path="checkpoint")
-        log_pytorch_model(result.module, meta)
+        log_pytorch_model(result.module.net, result.module.task, list(result.module.hparams.labels), meta)
         print(f"{stage}: best validation AUC {result.best['auc']:.4f}, ACC {result.best['acc']:.4f} at epoch "
               f"{result.best['epoch']} ({result.seconds:.0f} s) -> {model_path}; MLflow run {run.info.run_id}")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     run_id_file.unlink(missing_ok=True)
 
 
-def log_pytorch_model(module: Classifier, meta: DatasetMeta) -> None:
+def log_pytorch_model(net: torch.nn.Module, task: str, labels: list[str], meta: DatasetMeta,
+                      registered_model_name: str | None = None) -> Any:  # fmt: skip
     """The model as an MLflow PyTorch model that takes raw pixel values (0-255, float32, N x C x H x W) and
     returns class probabilities, with an input example and the signature inferred from it."""
+    import logging
+
     import mlflow.pytorch
     import numpy as np
 
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its import (by mlflow.pytorch) resets INFO
+
     from medmnist_pipeline.training import ProbabilityModel
 
-    wrapped = ProbabilityModel(getattr(module.net, "_orig_mod", module.net).cpu().eval(), module.task)
+    wrapped = ProbabilityModel(getattr(net, "_orig_mod", net).cpu().eval(), task)
     example = np.zeros((2, meta.n_channels, meta.size, meta.size), np.float32)
-    mlflow.pytorch.log_model(wrapped, name="model", input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])  # fmt: skip
+    # metadata: what a caller needs to feed the model and name its outputs (medmnist-pipeline predict reads it)
+    metadata = {"labels": list(labels), "task": task, "image_size": meta.size, "in_channels": meta.n_channels,
+                "dataset": meta.flag}  # fmt: skip
+    return mlflow.pytorch.log_model(wrapped, name="model", input_example=example, metadata=metadata,
+                                    registered_model_name=registered_model_name,
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])  # fmt: skip

@@ -10,3 +10,4 @@ PREPARED_DIR = Path("data/prepared")  # {split}_images.npy, {split}_labels.npy, 
 AUGMENTED_DIR = Path("data/augmented")  # train_images.npy (copies, N, H, W[, C]), meta.json
 REPORTS_DIR = Path("reports")
 MODELS_DIR = Path("models")
+TUNED_PARAMS = Path("reports/tune/best_params.yaml")  # the train params of the best tuning trial

@@ -58,6 +58,19 @@ def experiment_id(params: Params) -> str:
         return mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
 
 
+def existing_run(params: Params, run_id: str | None) -> str | None:
+    """``run_id`` if that run is in the current store (a study may outlive an MLflow store), else None."""
+    if not run_id:
+        return None
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri(params))
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"data": {"size": 28}}`` -> ``{"data.size": 28}``: the same keys as params.yaml paths, in every run."""
     flat: dict[str, Any] = {}
@@ -113,6 +126,9 @@ def stage_run(
     else:
         context = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
     with context as run:
-        dumped = params.model_dump()
-        mlflow.log_params(flatten({s: dumped[s] for s in sections}))
+        dumped = params.model_dump(by_alias=True)
+        flat = flatten({s: dumped[s] for s in sections})
+        if run_id:  # a continued run keeps the params it was started with (MLflow params are write-once)
+            flat = {k: v for k, v in flat.items() if k not in run.data.params}
+        mlflow.log_params(flat)
         yield run

@@ -7,13 +7,16 @@ the optional flip/shift happen on the batch, on the device. Epoch ``e`` reads au
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +27,12 @@ from medmnist_pipeline.data import DatasetMeta, load_split
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metrics import OfficialMetrics, scores_from_logits
 from medmnist_pipeline.models import build_model, relu_modules, replace_head
+
+# Lightning's "GPU available"/"Tip" lines repeat for every run and trial; fit() prints one device line instead.
+for _name in ("lightning.pytorch", "pytorch_lightning"):  # mlflow.pytorch imports the latter
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")  # torch 2.13 vs lightning 2.6
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")  # ours, on purpose
 
 MODEL_FORMAT = "medmnist-pipeline/model-v1"
 
@@ -437,16 +446,19 @@ def build_classifier(params: TrainParams, meta: DatasetMeta, channels_last: bool
 # --- exported models ----------------------------------------------------------------------------------------
 
 
-def export_model(module: Classifier, meta: DatasetMeta, val_metrics: dict[str, float], path: Path) -> None:
-    """A small file for inference and transfer learning: weights and plain facts only, so it loads with
-    ``torch.load(weights_only=True)``."""
+def export_model(module: Classifier, meta: DatasetMeta, val_metrics: dict[str, float], path: Path,
+                 history: pd.DataFrame, run_id: str | None) -> None:  # fmt: skip
+    """A small file for inference and transfer learning: weights and plain facts only (with the per-epoch history
+    and the MLflow run that trained it, for the evaluation report), so it loads with ``torch.load(weights_only=True)``."""
     net = getattr(module.net, "_orig_mod", module.net)  # unwrap torch.compile
     h = module.hparams
     torch.save({
         "format": MODEL_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "model": dict(h.model), "task": h.task, "labels": list(h.labels), "in_channels": h.in_channels,
         "image_size": h.image_size, "dataset": {"flag": meta.flag, "size": meta.size, "md5": meta.md5},
-        "val": dict(val_metrics),
+        "val": dict(val_metrics), "mlflow_run_id": run_id,
+        "history": [{k: (None if pd.isna(v) else float(v) if k != "epoch" else int(v)) for k, v in row.items()}
+                    for row in history.to_dict("records")],
     }, path)  # fmt: skip
 
 

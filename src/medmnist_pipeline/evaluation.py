@@ -1,0 +1,268 @@
+"""The evaluate stage's work: official test metrics with bootstrap intervals, the MedMNIST v2 reference rows, and
+retrains of the tuned configuration (training-set-size curve, several seeds).
+
+This is the only module that reads the test split; a test checks that no other stage opens it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medmnist_pipeline.config import BootstrapParams, Params, TrainParams
+from medmnist_pipeline.data import DatasetMeta, load_split
+from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.metrics import bootstrap_ci, official_acc, official_auc
+from medmnist_pipeline.paths import MODELS_DIR, PREPARED_DIR
+from medmnist_pipeline.training import (
+    as_tensors,
+    export_model,
+    load_exported,
+    network_from_export,
+    predict_scores,
+    stratified_subset,
+)
+
+# model name in the report -> its file (written by the baseline, train and tune stages)
+MODEL_FILES = {"baseline": MODELS_DIR / "baseline.ckpt", "cnn": MODELS_DIR / "cnn.ckpt",
+               "tuned": MODELS_DIR / "tuned.ckpt"}  # fmt: skip
+RETRAIN_DIR = Path("checkpoints") / "evaluate"  # finished retrains, kept until the stage succeeds (resume)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: np.ndarray  # as stored: (N, 1) class index or (N, L) 0/1
+
+
+def load_splits(meta: DatasetMeta, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Split]:
+    splits = {}
+    for name in names:
+        images, labels = load_split(PREPARED_DIR, name)
+        splits[name] = Split(as_tensors(images, labels, meta.multi_label)[0], np.asarray(labels))
+    return splits
+
+
+def load_models(meta: DatasetMeta) -> dict[str, dict[str, Any]]:
+    """The exported models, checked to belong to the prepared dataset (same file MD5 and size)."""
+    models = {}
+    for name, path in MODEL_FILES.items():
+        exported = load_exported(path)
+        if exported["dataset"]["md5"] != meta.md5 or exported["dataset"]["size"] != meta.size:
+            raise PipelineError(f"{path} was trained on {exported['dataset']['flag']} {exported['dataset']['size']}px"
+                                f" (MD5 {exported['dataset']['md5']}), not on the prepared {meta.flag} {meta.size}px;"
+                                " run `dvc repro` to retrain it")  # fmt: skip
+        models[name] = exported
+    return models
+
+
+def scores(exported: dict[str, Any], split: Split) -> np.ndarray:
+    return predict_scores(network_from_export(exported), split.images, exported["task"])
+
+
+def split_metrics(labels: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, float]:
+    return {"acc": official_acc(labels, y_score, task), "auc": official_auc(labels, y_score, task)}
+
+
+def metrics_with_ci(labels: np.ndarray, y_score: np.ndarray, task: str, bootstrap: BootstrapParams,
+                 seed: int) -> dict[str, Any]:  # fmt: skip
+    """Official ACC and AUC with percentile bootstrap intervals over resampled test images."""
+    out: dict[str, Any] = split_metrics(labels, y_score, task)
+    for name, metric in (("acc", official_acc), ("auc", official_auc)):
+        low, high = bootstrap_ci(labels, y_score, task, metric, bootstrap.resamples, seed, bootstrap.confidence)
+        out[f"{name}_ci"] = [low, high]
+    return out
+
+
+def reference_rows(flag: str) -> pd.DataFrame:
+    """The MedMNIST v2 benchmark rows (Yang et al. 2023, Table 3) for ``flag``: method, test_auc, test_acc."""
+    table = pd.read_csv(resources.files("medmnist_pipeline").joinpath("medmnist_v2_benchmark.csv"))
+    return table[table["dataset"] == flag].drop(columns="dataset").reset_index(drop=True)
+
+
+def history_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per-epoch training histories of every model, one long table with a ``model`` column."""
+    frames = [pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()]
+    return pd.concat(frames, ignore_index=True)[["model", *frames[0].columns.drop("model", errors="ignore")]]
+
+
+# --- retraining the tuned configuration ---------------------------------------------------------------------
+
+
+@dataclass
+class Retrained:
+    exported: dict[str, Any]  # as written by export_model: weights, facts, history, validation metrics
+    seconds: float
+
+
+def retrain(name: str, section: TrainParams, seed: int, meta: DatasetMeta, params: Params, fraction: float,
+            parent_run_id: str | None) -> Retrained:  # fmt: skip
+    """Train ``section`` with ``seed`` on a stratified ``fraction`` of the training split, in a nested MLflow run.
+
+    A finished retrain is kept under checkpoints/evaluate/ until the stage succeeds, and an interrupted one resumes
+    from its last epoch (``resume: auto``), so killing the stage loses at most one epoch.
+    """
+    import time
+
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from medmnist_pipeline.fitting import CHECKPOINTS_DIR, fit, run_key
+    from medmnist_pipeline.tracking import experiment_id, flatten, tracking_uri
+
+    key = f"{name}-{run_key(section, seed, meta, params.augment)}-{fraction:g}"
+    done = RETRAIN_DIR / f"{key}.ckpt"
+    if done.is_file():
+        return Retrained(load_exported(done), 0.0)
+    started = time.perf_counter()
+    run = mlflow.start_run(experiment_id=experiment_id(params), run_name=f"evaluate/{name}", nested=True,
+                           parent_run_id=parent_run_id, tags={"stage": "evaluate", "evaluate.retrain": name})  # fmt: skip
+    try:
+        mlflow.log_params({**flatten(section.model_dump(), "train."), "seed": seed, "train_fraction": fraction})
+        logger = MLFlowLogger(experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params),
+                              run_id=run.info.run_id)  # fmt: skip
+        result = fit(section, seed, meta, CHECKPOINTS_DIR / f"evaluate-{key}", logger, train_fraction=fraction,
+                     progress=False)  # fmt: skip
+        RETRAIN_DIR.mkdir(parents=True, exist_ok=True)
+        val = {k: result.best[k] for k in ("acc", "auc", "loss")}
+        export_model(result.module, meta, val, done, history=result.history, run_id=run.info.run_id)
+        mlflow.end_run("FINISHED")
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    shutil.rmtree(CHECKPOINTS_DIR / f"evaluate-{key}", ignore_errors=True)
+    return Retrained(load_exported(done), time.perf_counter() - started)
+
+
+def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: dict[str, Split],
+               fractions: list[float], tuned: dict[str, Any], parent_run_id: str | None,
+               log=print) -> pd.DataFrame:  # fmt: skip
+    """Retrain on stratified fractions of the training split (same validation split) and measure the training
+    error (on the un-augmented images it trained on, best epoch's weights) and the validation error and AUC.
+
+    Fraction 1.0 with the same seed is the tuned model itself (its trial trained exactly this): no retrain.
+    """
+    rows = []
+    labels = torch.from_numpy(splits["train"].labels)
+    train_labels = labels.float() if meta.multi_label else labels[:, 0].long()  # as MedMNISTData holds them
+    for fraction in sorted(fractions):
+        retrained = Retrained(tuned, 0.0) if fraction == 1.0 else \
+            retrain("size", section, params.seed, meta, params, fraction, parent_run_id)  # fmt: skip
+        subset = stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else \
+            torch.arange(len(train_labels))  # the images MedMNISTData trained on  # fmt: skip
+        train = Split(splits["train"].images[subset], splits["train"].labels[subset.numpy()])
+        train_m = split_metrics(train.labels, scores(retrained.exported, train), meta.task)
+        val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
+        rows.append({"fraction": fraction, "n_train": len(subset), "train_error": 1 - train_m["acc"],
+                     "val_error": 1 - val_m["acc"], "train_auc": train_m["auc"], "val_auc": val_m["auc"]})  # fmt: skip
+        log(f"  size curve: {len(subset):6d} training images -> train error {rows[-1]['train_error']:.3f}, "
+            f"val error {rows[-1]['val_error']:.3f}, val AUC {val_m['auc']:.4f} ({retrained.seconds:.0f} s)")
+    return pd.DataFrame(rows, columns=["fraction", "n_train", "train_error", "val_error", "train_auc", "val_auc"])
+
+
+def seed_runs(section: TrainParams, params: Params, meta: DatasetMeta, splits: dict[str, Split], seeds: list[int],
+              tuned: dict[str, Any], parent_run_id: str | None, log=print) -> pd.DataFrame:  # fmt: skip
+    """Retrain the tuned configuration on the full training split once per seed (``seed`` itself: the tuned model);
+    val and test metrics of each."""
+    rows = []
+    for seed in seeds:
+        retrained = Retrained(tuned, 0.0) if seed == params.seed else \
+            retrain(f"seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)  # fmt: skip
+        val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
+        test_m = split_metrics(splits["test"].labels, scores(retrained.exported, splits["test"]), meta.task)
+        rows.append({"seed": seed, "val_acc": val_m["acc"], "val_auc": val_m["auc"], "test_acc": test_m["acc"],
+                     "test_auc": test_m["auc"]})  # fmt: skip
+        log(f"  seed {seed}: test ACC {test_m['acc']:.4f}, AUC {test_m['auc']:.4f} ({retrained.seconds:.0f} s)")
+    return pd.DataFrame(rows, columns=["seed", "val_acc", "val_auc", "test_acc", "test_auc"])
+
+
+def comparison_table(metrics: dict[str, dict[str, Any]], seeds: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Models x metrics for the report: this project's models (with CIs), seed statistics, then the benchmark."""
+    rows = []
+    for name, m in metrics.items():
+        rows.append({"model": name, "test_auc": m["test"]["auc"], "test_auc_ci": _interval(m["test"]["auc_ci"]),
+                     "test_acc": m["test"]["acc"], "test_acc_ci": _interval(m["test"]["acc_ci"]),
+                     "val_auc": m["val"]["auc"], "val_acc": m["val"]["acc"], "source": "this project"})  # fmt: skip
+    if len(seeds):
+        sd = seeds.std(ddof=1) if len(seeds) > 1 else seeds.std(ddof=0)
+        rows.append({"model": f"tuned, {len(seeds)} seeds (mean ± sd)", "test_auc": seeds["test_auc"].mean(),
+                     "test_auc_ci": f"± {sd['test_auc']:.3f}", "test_acc": seeds["test_acc"].mean(),
+                     "test_acc_ci": f"± {sd['test_acc']:.3f}", "val_auc": seeds["val_auc"].mean(),
+                     "val_acc": seeds["val_acc"].mean(), "source": "this project"})  # fmt: skip
+    for row in reference.itertuples():
+        rows.append({"model": row.method, "test_auc": row.test_auc, "test_acc": row.test_acc,
+                     "source": "MedMNIST v2 (Yang et al. 2023, Table 3)"})  # fmt: skip
+    return pd.DataFrame(rows, columns=["model", "test_auc", "test_auc_ci", "test_acc", "test_acc_ci", "val_auc",
+                                       "val_acc", "source"])  # fmt: skip
+
+
+def _interval(ci: list[float]) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+# --- error analysis of one model on the test split ----------------------------------------------------------
+
+
+def error_analysis(split: Split, y_score: np.ndarray, task: str, label_names: list[str], out_dir: Path,
+                   model: str, gallery: int, calibration_bins: int) -> dict[str, Any]:  # fmt: skip
+    """Write the error-analysis figures and per-class table of ``model`` to ``out_dir``; return the findings the
+    report's sentences use (ECE, coverage at target accuracies, most confused pairs)."""
+    from medmnist_pipeline import analysis as A
+
+    labels = split.labels if A.is_multilabel(task) else split.labels[:, 0]
+    where = f"{model}, test split"
+    conf = A.confusion(labels, y_score, task, label_names)
+    A.save_figure(A.plot_confusion(conf, f"Confusion matrix ({where})"), out_dir / "confusion.png")
+    A.per_class_report(labels, y_score, task, label_names).to_csv(out_dir / "per_class.csv")
+    rel = A.reliability(labels, y_score, task, calibration_bins)
+    A.save_figure(A.plot_reliability(rel, f"Reliability ({where}), ECE {rel['ece']:.3f}"), out_dir / "reliability.png")
+    curve = A.coverage_curve(labels, y_score, task)
+    A.save_figure(A.plot_coverage(curve, f"Accuracy vs coverage ({where})"), out_dir / "coverage.png")
+    if task == "binary-class":
+        figure = A.plot_roc_pr(labels, y_score, f"ROC and precision-recall ({where})")
+    else:  # per label, or per class one-vs-rest
+        one_hot = labels if A.is_multilabel(task) else np.eye(len(label_names), dtype=int)[labels]
+        unit = "label" if A.is_multilabel(task) else "class (one vs rest)"
+        figure = A.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
+    A.save_figure(figure, out_dir / "auc_curves.png")
+    images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display
+    for name, picked, title in (("worst_errors", A.worst_errors(labels, y_score, task, gallery),
+                                 "Most confidently wrong"),
+                                ("uncertain_correct", A.uncertain_correct(labels, y_score, task, gallery),
+                                 "Least confident among the correct")):  # fmt: skip
+        captions = A.gallery_captions(labels, y_score, task, label_names, picked)
+        A.save_figure(A.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
+    pairs = [] if A.is_multilabel(task) else A.most_confused_pairs(conf["counts"], label_names, k=3)
+    return {"ece": rel["ece"], "confused_pairs": pairs,
+            "coverage": {target: A.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)}}  # fmt: skip
+
+
+# --- model registry -----------------------------------------------------------------------------------------
+
+CANDIDATE_ALIAS = "candidate"
+
+
+def registered_name(meta: DatasetMeta) -> str:
+    return f"medmnist-{meta.flag}-{meta.size}"
+
+
+def register_tuned(tuned: dict[str, Any], meta: DatasetMeta, beats_baseline: bool) -> tuple[str, str]:
+    """Log the tuned model in the active (evaluate) run, register it as a new version of the dataset's model and,
+    when it beats the baseline on validation, point the ``candidate`` alias at that version."""
+    from mlflow import MlflowClient
+
+    from medmnist_pipeline.fitting import log_pytorch_model
+
+    name = registered_name(meta)
+    info = log_pytorch_model(network_from_export(tuned), tuned["task"], tuned["labels"], meta, name)
+    version = str(info.registered_model_version)
+    if beats_baseline:
+        MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+    return name, version

@@ -1,0 +1,119 @@
+"""evaluate: the only stage that reads the test split. Official ACC/AUC with bootstrap intervals for every model,
+the MedMNIST v2 reference rows, learning curves, error analysis of the best model, and reports/evaluate/report.md."""
+
+from __future__ import annotations
+
+import json
+
+
+from medmnist_pipeline.config import load_params, load_train_params
+from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.evaluation import (
+    comparison_table,
+    error_analysis,
+    history_frame,
+    load_models,
+    load_splits,
+    metrics_with_ci,
+    reference_rows,
+    register_tuned,
+    scores,
+    seed_runs,
+    size_curve,
+    split_metrics,
+)
+from medmnist_pipeline.paths import PREPARED_DIR, REPORTS_DIR, TUNED_PARAMS
+from medmnist_pipeline.report import ReportInputs, render
+from medmnist_pipeline.tracking import dataset_tags, stage_run
+
+
+def main(params_path: str) -> None:
+    params = load_params(params_path)
+    settings = params.evaluate
+    tuned_section = load_train_params(TUNED_PARAMS)
+    meta = load_meta(PREPARED_DIR)
+    models = load_models(meta)
+    splits = load_splits(meta)
+    out = REPORTS_DIR / "evaluate"
+    run_ids = {name: exported["mlflow_run_id"] for name, exported in models.items()}
+    tags = {**dataset_tags(meta), **{f"evaluated.{name}.run_id": run_id for name, run_id in run_ids.items()}}
+
+    with stage_run("evaluate", params, ["seed", "evaluate"], tags=tags) as run:
+        import mlflow
+
+        from medmnist_pipeline import analysis as A
+
+        metrics, test_scores = {}, {}
+        for name, exported in models.items():
+            test_scores[name] = scores(exported, splits["test"])
+            metrics[name] = {
+                "test": metrics_with_ci(splits["test"].labels, test_scores[name], meta.task, settings.bootstrap,
+                                        params.seed),  # fmt: skip
+                "val": split_metrics(splits["val"].labels, scores(exported, splits["val"]), meta.task),
+            }
+            t = metrics[name]["test"]
+            print(f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
+                  f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]")  # fmt: skip
+        best = max(metrics, key=lambda name: metrics[name]["val"]["auc"])  # chosen on validation, never on test
+
+        fractions = settings.learning_curve.fractions
+        if fractions:
+            print(f"training-set-size curve: retraining the tuned configuration on {len(fractions)} fractions")
+        sizes = size_curve(tuned_section, params, meta, splits, fractions, models["tuned"], run.info.run_id)
+        if settings.seeds:
+            print(f"retraining the tuned configuration with seeds {settings.seeds}")
+        seeds = seed_runs(tuned_section, params, meta, splits, settings.seeds, models["tuned"], run.info.run_id)
+
+        out.mkdir(parents=True, exist_ok=True)
+        results = dict(metrics)
+        if len(seeds):
+            results["tuned_seeds"] = {
+                "test": {"acc": seeds["test_acc"].mean(), "auc": seeds["test_auc"].mean(),
+                         "acc_sd": seeds["test_acc"].std(ddof=0), "auc_sd": seeds["test_auc"].std(ddof=0)},
+                "val": {"acc": seeds["val_acc"].mean(), "auc": seeds["val_auc"].mean()}, "seeds": settings.seeds,
+            }  # fmt: skip
+        (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        comparison = comparison_table(metrics, seeds, reference_rows(meta.flag))
+        comparison.to_csv(out / "comparison.csv", index=False)
+        seeds.to_csv(out / "seeds.csv", index=False)
+
+        histories = history_frame(models)
+        wide = histories.pivot_table(index="epoch", columns="model", sort=False)
+        wide.columns = [f"{model}_{column}" for column, model in wide.columns]
+        wide.reset_index().to_csv(out / "learning_curves.csv", index=False)
+        A.save_figure(A.plot_histories(histories, f"Learning curves ({meta.flag} {meta.size}px)"),
+                      out / "learning_curves.png")  # fmt: skip
+        sizes.to_csv(out / "size_curve.csv", index=False)
+        reading = A.read_size_curve(sizes) if len(sizes) >= 2 else None
+        A.save_figure(A.plot_size_curve(sizes, "Training-set size curve (tuned configuration)") if len(sizes)
+                      else _off_figure("evaluate.learning_curve.fractions is []"), out / "size_curve.png")  # fmt: skip
+
+        findings = error_analysis(splits["test"], test_scores[best], meta.task, meta.labels, out, best,
+                                  settings.error_analysis.gallery, settings.error_analysis.calibration_bins)  # fmt: skip
+        (out / "report.md").write_text(render(ReportInputs(
+            meta=meta, metrics=metrics, comparison=comparison, best=best, findings=findings, size_curve=sizes,
+            size_reading=reading, seeds=seeds, confidence=settings.bootstrap.confidence, run_ids=run_ids,
+            n_test=len(splits["test"].labels))))  # fmt: skip
+
+        logged = {f"{split}/{metric}/{name}": m[split][metric]
+                  for name, m in metrics.items() for split in ("test", "val") for metric in ("acc", "auc")}  # fmt: skip
+        logged.update({"test/acc": metrics[best]["test"]["acc"], "test/auc": metrics[best]["test"]["auc"],
+                       "ece": findings["ece"]})  # fmt: skip
+        mlflow.log_metrics(logged)
+        mlflow.set_tag("evaluate.best_model", best)
+        beats = metrics["tuned"]["val"]["auc"] > metrics["baseline"]["val"]["auc"]  # validation: test stays unseen
+        name, version = register_tuned(models["tuned"], meta, beats)
+        print(f"registered the tuned model as {name} version {version}"
+              + (" with alias candidate (it beats the baseline on validation AUC)" if beats else
+                 " (no candidate alias: it does not beat the baseline on validation AUC)"))  # fmt: skip
+        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+        print(f"evaluate: best on validation is {best}: test AUC {metrics[best]['test']['auc']:.4f}, "
+              f"ACC {metrics[best]['test']['acc']:.4f}; report {out / 'report.md'}; MLflow run {run.info.run_id}")
+
+
+def _off_figure(reason: str):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 1.5))
+    figure.text(0.5, 0.5, f"not computed: {reason}", ha="center", va="center")
+    return figure

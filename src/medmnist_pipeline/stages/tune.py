@@ -1,0 +1,90 @@
+"""tune: Optuna search over ``tune.space`` with pruning; writes the best train params and the best model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import yaml
+from pathlib import Path
+from optuna.trial import TrialState
+
+from medmnist_pipeline.config import check_trials_can_run, load_params
+from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.paths import MODELS_DIR, PREPARED_DIR, REPORTS_DIR
+from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
+from medmnist_pipeline.tuning import (
+    best_trial,
+    count,
+    fail_stale_trials,
+    open_study,
+    optimize,
+    save_study_plots,
+    trial_train_params,
+    trials_table,
+    wait_for_other_workers,
+)
+
+
+def main(params_path: str, worker: bool = False) -> None:
+    params = load_params(params_path)
+    check_trials_can_run(params)
+    meta = load_meta(PREPARED_DIR)
+    study = open_study(params, meta)
+    stale = fail_stale_trials(study)
+    if stale:
+        print(f"marked trial(s) {stale} failed: their process died (e.g. an interrupted run)")
+    finished = count(study, (TrialState.COMPLETE, TrialState.PRUNED))
+    print(f"study {study.study_name}: {finished} of {params.tune.n_trials} trials finished so far")
+
+    if worker:  # join the study; the `tune` stage itself writes the outputs
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent is None:
+            raise PipelineError(f"study {study.study_name} has no tune run yet: start `medmnist-pipeline tune` "
+                                "(or `dvc repro tune`) first, then add workers")  # fmt: skip
+        optimize(study, params, meta, parent)
+        return
+
+    started = time.perf_counter()
+    reports = REPORTS_DIR / "tune"
+    tags = {**dataset_tags(meta), "tune.study": study.study_name}
+    with stage_run("tune", params, ["seed", "tune", "train"], tags=tags,
+                   run_id=existing_run(params, study.user_attrs.get("mlflow_parent_run_id"))) as run:  # fmt: skip
+        import mlflow
+
+        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+        optimize(study, params, meta, run.info.run_id)
+        wait_for_other_workers(study)
+
+        best = best_trial(study)
+        best_params = trial_train_params(params, best.params).model_dump()
+        best_params["resume"] = params.train.resume
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "best_params.yaml").write_text(
+            f"# The train params of trial {best.number} of study {study.study_name} "
+            f"({params.tune.metric} {best.value:.4f})\n" + yaml.safe_dump({"train": best_params}, sort_keys=False))
+        trials_table(study).to_csv(reports / "trials.csv", index=False)
+        states = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
+        metrics = {"best": {params.tune.metric: best.value, "trial": best.number}, "trials": states,
+                   "trial_seconds": round(trial_seconds, 1),
+                   "stage_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        save_study_plots(study, reports)
+
+        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit.
+        MODELS_DIR.mkdir(parents=True, exist_ok=True)
+        source = best.user_attrs.get("model_path")
+        if not source or not Path(source).is_file():
+            raise PipelineError(f"the best trial's model {source} is not on this machine (it ran in a worker "
+                                "elsewhere); copy it here or run tune where the trials' files are shared")  # fmt: skip
+        shutil.copyfile(source, MODELS_DIR / "tuned.ckpt")
+
+        mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
+        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+        mlflow.set_tag("tune.best_trial", str(best.number))
+        mlflow.log_artifacts(str(reports), artifact_path="tune")
+        print(f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
+              f"-> {MODELS_DIR / 'tuned.ckpt'}, {reports}; MLflow run {run.info.run_id}")

@@ -1,0 +1,170 @@
+"""The evaluate stage on synthetic data of every task type (real stages upstream, real MLflow store), its metrics
+against an independent recomputation, the reference table, and its params checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import make_npz, write_params
+from test_training import prepare, tiny, use_custom
+
+from medmnist_pipeline.config import load_params
+from medmnist_pipeline.errors import ParamsError, PipelineError
+from medmnist_pipeline.evaluation import reference_rows
+from medmnist_pipeline.metadata import DATASETS
+from medmnist_pipeline.metrics import official_acc, official_auc
+from medmnist_pipeline.stages import baseline, evaluate, train, tune
+from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
+
+FILES = ["metrics.json", "report.md", "comparison.csv", "per_class.csv", "seeds.csv", "learning_curves.csv",
+         "learning_curves.png", "size_curve.csv", "size_curve.png", "confusion.png", "auc_curves.png",
+         "reliability.png", "coverage.png", "worst_errors.png", "uncertain_correct.png"]  # fmt: skip
+
+
+def evaluate_params(params: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    params = tiny(params)
+    params["tune"].update({"n_trials": 2, "timeout_s": None,
+                           "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0},
+                           "space": {"train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True}}})  # fmt: skip
+    params["evaluate"].update({"seeds": seeds, "learning_curve": {"fractions": [0.5, 1.0]},
+                               "bootstrap": {"resamples": 200, "confidence": 0.9}})  # fmt: skip
+    return params
+
+
+def run_upstream(workdir: Path, params: dict[str, Any]) -> None:
+    prepare(workdir, params)
+    for stage in (baseline, train, tune):
+        stage.main("params.yaml")
+
+
+@pytest.mark.parametrize(("task", "labels", "seeds"), [
+    ("binary-class", ["benign", "malignant"], [1, 2]),
+    ("multi-class", ["a", "b", "c"], []),
+    ("multi-label, binary-class", ["x", "y", "z"], []),
+    ("ordinal-regression", ["0", "1", "2", "3"], []),
+])  # fmt: skip
+def test_evaluate_writes_every_file_for_every_task(workdir: Path, repo_params: dict, task: str, labels: list,
+                                                   seeds: list[int]) -> None:  # fmt: skip
+    source = make_npz(workdir / "data.npz", task=task, n_labels=len(labels), counts=(96, 48, 40))
+    params = evaluate_params(repo_params, seeds)
+    use_custom(params, source, task, labels)
+    (workdir / ".dvc").mkdir()
+    run_upstream(workdir, params)
+    evaluate.main("params.yaml")
+
+    out = workdir / "reports/evaluate"
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("baseline", "cnn", "tuned"):
+        test = metrics[model]["test"]
+        assert set(test) == {"acc", "auc", "acc_ci", "auc_ci"} and set(metrics[model]["val"]) == {"acc", "auc"}
+        for name in ("acc", "auc"):
+            low, high = test[f"{name}_ci"]
+            assert low <= test[name] + 1e-9 and test[name] <= high + 1e-9
+    assert ("tuned_seeds" in metrics) == bool(seeds)
+    assert len(pd.read_csv(out / "seeds.csv")) == len(seeds)
+
+    # The test metrics equal an independent recomputation from the model file and the raw npz.
+    raw = np.load(source, allow_pickle=False)
+    exported = load_exported(workdir / "models/tuned.ckpt")
+    images = raw["test_images"][:, None]  # grey (N, 1, H, W)
+    import torch
+
+    scores = predict_scores(network_from_export(exported), torch.from_numpy(images), task)
+    assert metrics["tuned"]["test"]["auc"] == pytest.approx(official_auc(raw["test_labels"], scores, task))
+    assert metrics["tuned"]["test"]["acc"] == pytest.approx(official_acc(raw["test_labels"], scores, task))
+
+    size = pd.read_csv(out / "size_curve.csv")
+    assert list(size["fraction"]) == [0.5, 1.0] and list(size["n_train"])[-1] == 96
+    assert set(pd.read_csv(out / "learning_curves.csv").columns) >= {"epoch", "baseline_val_auc", "tuned_val_auc"}
+    report = (out / "report.md").read_text()
+    for heading in ("## Comparison", "## Learning curves", "### Training-set size", "## Error analysis"):
+        assert heading in report
+    for figure in [f for f in FILES if f.endswith(".png")]:
+        assert f"({figure})" in report, figure
+    per_class = pd.read_csv(out / "per_class.csv", dtype={"label": str})
+    assert list(per_class["label"]) == labels and {"precision", "recall", "f1", "support"} <= set(per_class.columns)
+
+    evaluate_runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list",
+                                       filter_string="tags.stage = 'evaluate'")  # fmt: skip
+    (parent,) = [r for r in evaluate_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in evaluate_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 1 + len(seeds)  # fraction 0.5 and one run per seed (1.0 is the tuned model itself)
+    for model in ("baseline", "cnn", "tuned"):
+        source_run = mlflow.get_run(parent.data.tags[f"evaluated.{model}.run_id"])  # tags point at real runs
+        assert source_run.data.tags["stage"] in ("baseline", "train", "tune")
+        assert parent.data.metrics[f"test/auc/{model}"] == pytest.approx(metrics[model]["test"]["auc"])
+    artifacts = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "evaluate")}
+    assert set(FILES) <= artifacts
+
+    # The tuned model is registered under the dataset's name; "candidate" only when it beats the baseline (val).
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions(f"name = 'medmnist-custom-28' and run_id = '{parent.info.run_id}'")
+    aliases = client.get_registered_model("medmnist-custom-28").aliases
+    beats = metrics["tuned"]["val"]["auc"] > metrics["baseline"]["val"]["auc"]
+    assert (aliases.get("candidate") == version.version) == beats
+
+
+def test_evaluate_is_reproducible_and_refuses_models_of_other_data(workdir: Path, repo_params: dict) -> None:
+    source = make_npz(workdir / "data.npz", counts=(96, 48, 40))
+    params = evaluate_params(repo_params, [])
+    params["evaluate"]["learning_curve"]["fractions"] = []
+    use_custom(params, source, "binary-class", ["no", "yes"])
+    (workdir / ".dvc").mkdir()
+    run_upstream(workdir, params)
+    evaluate.main("params.yaml")
+    first = (workdir / "reports/evaluate/metrics.json").read_text()
+    assert len(pd.read_csv(workdir / "reports/evaluate/size_curve.csv")) == 0  # switched off, file still there
+    evaluate.main("params.yaml")
+    assert (workdir / "reports/evaluate/metrics.json").read_text() == first  # bootstrap seeded too
+
+    other = make_npz(workdir / "other.npz", counts=(96, 48, 40), seed=5)
+    use_custom(params, other, "binary-class", ["no", "yes"])
+    prepare(workdir, params)  # new data, old models
+    with pytest.raises(PipelineError, match="models/baseline.ckpt was trained on custom 28px"):
+        evaluate.main("params.yaml")
+
+
+def test_reference_table_holds_the_benchmark_rows_of_every_2d_flag() -> None:
+    methods = {"ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn",
+               "AutoKeras", "Google AutoML Vision"}  # fmt: skip
+    for flag in DATASETS:
+        rows = reference_rows(flag)
+        assert set(rows["method"]) == methods, flag
+        assert rows[["test_auc", "test_acc"]].stack().between(0, 1).all()
+    pneumonia = reference_rows("pneumoniamnist").set_index("method")
+    assert tuple(pneumonia.loc["ResNet-18 (28)"]) == (0.944, 0.854)  # Yang et al. 2023, Table 3
+    assert reference_rows("custom").empty
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": [1, 1]}, "evaluate.seeds: [1, 1] repeats a seed"),
+    ({"learning_curve": {"fractions": [0.5]}}, "evaluate.learning_curve.fractions: a curve needs at least two"),
+    ({"learning_curve": {"fractions": [0.0, 1.0]}}, "evaluate.learning_curve.fractions[0]"),
+    ({"learning_curve": {"fractions": [0.5, 0.5]}}, "repeats a fraction"),
+    ({"bootstrap": {"resamples": 10, "confidence": 0.95}}, "evaluate.bootstrap.resamples"),
+    ({"bootstrap": {"resamples": 1000, "confidence": 95}}, "evaluate.bootstrap.confidence"),
+    ({"error_analysis": {"gallery": 0, "calibration_bins": 15}}, "evaluate.error_analysis.gallery"),
+    ({"error_analysis": {"gallery": 12, "calibration_bin": 15}}, "evaluate.error_analysis.calibration_bin: unknown key"),
+])  # fmt: skip
+def test_bad_evaluate_params(tmp_path: Path, repo_params: dict, change: dict, message: str) -> None:
+    repo_params["evaluate"].update(change)
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(tmp_path / "params.yaml", repo_params))
+    assert message in str(error.value)
+
+
+def test_evaluate_needs_the_tuned_params(workdir: Path, repo_params: dict) -> None:
+    write_params(workdir / "params.yaml", repo_params)
+    (workdir / "reports/tune").mkdir(parents=True)
+    (workdir / "reports/tune/best_params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 0}}))
+    with pytest.raises(ParamsError, match="train.batch_size"):
+        evaluate.main("params.yaml")
