@@ -1,0 +1,359 @@
+"""``medmnist-pipeline predict``: class probabilities for new images, as CSV.
+
+The model is a file written by a stage (``models/tuned.ckpt``, ...) or an MLflow model URI (``runs:/<id>/model``,
+``models:/<name>@<alias>``). Images are PNG/JPEG files, folders of them, or npz arrays; each is converted to the
+model's channels and size the way the README's "Predict" section describes. Every input is checked (headers only)
+before the model runs, so a bad path or a non-image fails at once, with no output written.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO, Any
+
+import numpy as np
+
+from medmnist_pipeline.errors import PipelineError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_FORMATS = ("PNG", "JPEG")
+NPZ_KEY = "test_images"  # the MedMNIST layout's split to predict; a plain npz must hold exactly one array
+MLFLOW_SCHEMES = ("runs:/", "models:/")
+MULTI_LABEL = "multi-label, binary-class"
+THRESHOLD = 0.5  # multi-label: a label is predicted when its probability is above this
+
+
+# --- models -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """What prediction needs from a model, whichever way it was stored."""
+
+    source: str
+    labels: list[str]
+    task: str
+    image_size: int
+    in_channels: int
+    scores: Callable[[Any], np.ndarray]  # uint8 tensor (N, C, H, W) -> probabilities (N, len(labels))
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return spec.startswith(MLFLOW_SCHEMES)
+
+
+def tracking_store(params_path: str | Path | None) -> str:
+    """The MLflow store that MLflow URIs are resolved in: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` of the params
+    file > ``sqlite:///<project root>/mlflow.db`` (the stages' own rule, ``tracking.tracking_uri``). ``params_path``
+    None means ``params.yaml`` if there is one; only its ``tracking`` section is read and validated."""
+    from medmnist_pipeline.config import TrackingParams, read_yaml, validate
+    from medmnist_pipeline.errors import ParamsError
+    from medmnist_pipeline.tracking import tracking_uri
+
+    section = SimpleNamespace(uri=None)
+    path = Path(params_path or "params.yaml")
+    if params_path is not None or path.is_file():
+        raw = read_yaml(path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("tracking"), dict):
+            raise ParamsError(f"{path}: expected a mapping with a tracking section")
+        section = validate(TrackingParams, raw["tracking"], source=str(path), prefix=("tracking",))
+    return tracking_uri(SimpleNamespace(tracking=section))  # it reads params.tracking.uri only
+
+
+def _device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec: str, params_path: str | Path | None = None, batch_size: int = 256) -> Model:
+    """A model file of this project, or an MLflow model URI resolved in :func:`tracking_store`."""
+    if is_mlflow_uri(spec):
+        return _load_mlflow_model(spec, tracking_store(params_path), batch_size)
+    from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
+
+    exported = load_exported(spec)
+    net = network_from_export(exported).to(_device())
+    task = exported["task"]
+    return Model(spec, list(exported["labels"]), task, int(exported["image_size"]), int(exported["in_channels"]),
+                 lambda x: predict_scores(net, x, task, batch_size))  # fmt: skip
+
+
+def _load_mlflow_model(uri: str, store: str, batch_size: int) -> Model:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for notes and errors
+    import logging
+
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    local = Path(store.removeprefix("sqlite:///").split("?")[0]) if store.startswith("sqlite:///") else None
+    if local is not None and not local.is_file():  # MLflow would create an empty store and then find nothing
+        raise PipelineError(f"{uri}: no MLflow store at {local} (run from the project root, pass --params, or set "
+                            "MLFLOW_TRACKING_URI)")  # fmt: skip
+    mlflow.set_tracking_uri(store)
+    try:
+        metadata = mlflow.models.get_model_info(uri).metadata or {}
+    except Exception as exc:  # noqa: BLE001 - MlflowException (no such run/model/alias), missing artifact, no server
+        raise PipelineError(f"{uri}: cannot load this MLflow model from {store}: {_message(exc)}") from None
+    missing = [k for k in ("labels", "task", "image_size", "in_channels") if k not in metadata]
+    if missing:
+        raise PipelineError(f"{uri}: not a medmnist-pipeline model (its MLflow metadata has no {', '.join(missing)})")
+    try:
+        module = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise PipelineError(f"{uri}: cannot load this MLflow model from {store}: {_message(exc)}") from None
+    # MLflow 3 saves PyTorch models with torch.export (pt2) by default: an exported program is already in eval
+    # mode, cannot be switched or moved to another device, and its weights are on the CPU it was logged from.
+
+    @torch.no_grad()
+    def scores(x: torch.Tensor) -> np.ndarray:  # the logged model takes raw pixels 0-255 as float32
+        return torch.cat([module(x[i : i + batch_size].float()).float() for i in range(0, len(x), batch_size)]).numpy()
+
+    return Model(uri, [str(v) for v in metadata["labels"]], str(metadata["task"]), int(metadata["image_size"]),
+                 int(metadata["in_channels"]), scores)  # fmt: skip
+
+
+def _message(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0]
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image to predict: a file, or one entry of an npz array. ``size`` is (width, height)."""
+
+    name: str  # the CSV's file column: the path as given, or ``path.npz[index]``
+    path: Path
+    size: tuple[int, int]
+    channels: int  # 1 (grey, including 16-bit) or 3 (colour: RGB, RGBA, palette, CMYK, ...)
+    key: str | None = None  # npz: the array's key
+    index: int | None = None  # npz: the image's position in that array
+    channels_first: bool = False  # npz stored as (N, C, H, W)
+
+
+def collect(inputs: Sequence[str]) -> list[Source]:
+    """Every image named by ``inputs`` (files, folders of PNG/JPEG files, npz files), checked from headers only."""
+    sources: list[Source] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise PipelineError(f"{given}: no PNG or JPEG files in this folder (names ending .png, .jpg, .jpeg)")
+            sources.extend(_image_source(p, str(p)) for p in files)
+        elif not path.exists():
+            raise PipelineError(f"{given}: no such file or folder")
+        elif path.suffix.lower() == ".npz":
+            sources.extend(_npz_sources(path, given))
+        else:
+            sources.append(_image_source(path, given))
+    return sources
+
+
+GREY_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _image_source(path: Path, name: str) -> Source:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            size, mode = image.size, image.mode
+    except UnidentifiedImageError:
+        raise PipelineError(f"{name}: not a PNG or JPEG image") from None
+    except Image.DecompressionBombError as exc:
+        raise PipelineError(f"{name}: {exc}") from None
+    except OSError as exc:
+        raise PipelineError(f"{name}: cannot read this file ({exc.strerror or exc})") from None
+    if mode in ("I", "F"):
+        raise PipelineError(f"{name}: {mode} images (32-bit {'integer' if mode == 'I' else 'float'} pixels) are "
+                            "not supported; save it as an 8- or 16-bit PNG or a JPEG")  # fmt: skip
+    return Source(name, path, size, 1 if mode in GREY_MODES else 3)
+
+
+def _npz_sources(path: Path, given: str) -> list[Source]:
+    """The ``test_images`` array of a MedMNIST-layout npz, else the only array of a plain npz: uint8 (N, H, W),
+    (N, H, W, 1|3) or (N, 1|3, H, W)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zip errors, pickled data, unreadable file: all mean "not an npz"
+        raise PipelineError(f"{given}: not a readable npz file ({_message(exc)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load gave back an array: a .npy file named .npz
+        raise PipelineError(f"{given}: an .npy array, not an npz archive (np.savez writes npz)")
+    with loaded:
+        keys = list(loaded.files)
+    if NPZ_KEY in keys:
+        key = NPZ_KEY
+    elif len(keys) == 1:
+        key = keys[0]
+    else:
+        raise PipelineError(f"{given}: expected a '{NPZ_KEY}' array (MedMNIST layout) or exactly one array; found "
+                            f"{', '.join(keys) or 'no arrays'}")  # fmt: skip
+    shape, dtype = _npz_array_header(path, key)
+    where = f"{given}[{key}]"
+    if dtype != np.uint8:
+        raise PipelineError(f"{where}: dtype {dtype}; expected uint8 pixel values 0-255")
+    channels_first = len(shape) == 4 and shape[3] not in (1, 3) and shape[1] in (1, 3)
+    if len(shape) == 3:
+        n, height, width, channels = *shape, 1
+    elif len(shape) == 4 and (shape[3] in (1, 3) or channels_first):
+        n, height, width, channels = (shape[0], shape[2], shape[3], shape[1]) if channels_first else shape
+    else:
+        raise PipelineError(f"{where}: shape {shape}; expected images (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W)")
+    if n == 0 or height == 0 or width == 0:
+        raise PipelineError(f"{where}: shape {shape} holds no images")
+    return [Source(f"{given}[{i}]", path, (width, height), channels, key, i, channels_first) for i in range(n)]
+
+
+def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one npz member from its .npy header, without decompressing the data."""
+    from numpy.lib import format as npy
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+            version = npy.read_magic(f)
+            header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if header is not None:
+                shape, _, dtype = header(f)
+                return tuple(shape), np.dtype(dtype)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    with np.load(path, allow_pickle=False) as npz:  # other header versions: read the array itself
+        try:
+            array = npz[key]
+        except ValueError as exc:  # an object array (pickled)
+            raise PipelineError(f"{path}[{key}]: not an array of pixel values ({exc})") from None
+        return array.shape, array.dtype
+
+
+class Pixels:
+    """Reads sources as uint8 (C, H, W) arrays of the model's size and channels; keeps one npz array open."""
+
+    def __init__(self, in_channels: int, size: int) -> None:
+        self.in_channels, self.size = in_channels, size
+        self._npz: tuple[Path, str, np.ndarray] | None = None
+
+    def __call__(self, source: Source) -> np.ndarray:
+        from PIL import Image
+
+        if source.key is None:
+            image = self._open(source)
+        else:
+            array = self._array(source)[source.index]
+            array = np.moveaxis(array, 0, -1) if source.channels_first else array
+            array = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+            if array.shape[:2] == (self.size, self.size) and (array.ndim == 2) == (self.in_channels == 1):
+                return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # already the model's input
+            image = Image.fromarray(array, "L" if array.ndim == 2 else "RGB")
+        target = "L" if self.in_channels == 1 else "RGB"
+        if image.mode != target:
+            image = image.convert(target)  # colour -> luma (ITU-R 601-2); grey -> 3 equal channels; alpha dropped
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        array = np.asarray(image)
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    def _open(self, source: Source) -> Any:
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(source.path, formats=IMAGE_FORMATS) as image:
+                image = ImageOps.exif_transpose(image)  # camera JPEGs: upright as viewers show them
+                image.load()
+        except (OSError, Image.DecompressionBombError) as exc:  # e.g. a truncated file
+            raise PipelineError(f"{source.name}: cannot decode this image ({_message(exc)})") from None
+        if image.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits' worth of contrast, not a clip at 255
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8), "L")
+        return image
+
+    def _array(self, source: Source) -> np.ndarray:
+        if self._npz is None or self._npz[:2] != (source.path, source.key):
+            with np.load(source.path, allow_pickle=False) as npz:
+                self._npz = (source.path, source.key, npz[source.key])
+        return self._npz[2]
+
+
+def conversion_notes(sources: Sequence[Source], model: Model) -> list[str]:
+    """One line per kind of conversion the images need, for stderr."""
+    n, size = len(sources), model.image_size
+    notes = []
+    resized = [s for s in sources if s.size != (size, size)]
+    if resized:
+        stretched = sum(s.size[0] != s.size[1] for s in resized)
+        notes.append(f"note: resized {len(resized)} of {n} images to the model's {size}x{size} px (bicubic)"
+                     + (f"; {stretched} were not square and were stretched, not cropped" if stretched else ""))  # fmt: skip
+    if model.in_channels == 1 and (colour := sum(s.channels == 3 for s in sources)):
+        notes.append(f"note: converted {colour} of {n} colour images to greyscale (the model takes 1 channel)")
+    if model.in_channels == 3 and (grey := sum(s.channels == 1 for s in sources)):
+        notes.append(f"note: repeated {grey} of {n} greyscale images on 3 channels (the model takes RGB)")
+    return notes
+
+
+# --- prediction and CSV -------------------------------------------------------------------------------------
+
+
+def header(labels: Sequence[str]) -> list[str]:
+    return ["file", "predicted", *(f"p_{label}" for label in labels)]
+
+
+def predicted(probabilities: np.ndarray, labels: Sequence[str], task: str) -> str:
+    if task == MULTI_LABEL:
+        return ";".join(label for label, p in zip(labels, probabilities, strict=True) if p > THRESHOLD)
+    return labels[int(np.argmax(probabilities))]
+
+
+def predict_rows(model: Model, sources: Sequence[Source], batch_size: int = 256) -> Iterator[list[str]]:
+    """CSV rows (without the header), one batch of images in memory at a time."""
+    import torch
+
+    pixels = Pixels(model.in_channels, model.image_size)
+    for start in range(0, len(sources), batch_size):
+        batch = sources[start : start + batch_size]
+        scores = model.scores(torch.from_numpy(np.stack([pixels(s) for s in batch])))
+        for source, p in zip(batch, scores, strict=True):
+            yield [source.name, predicted(p, model.labels, model.task), *(f"{v:.6f}" for v in p)]
+
+
+def write_csv(stream: IO[str], model: Model, sources: Sequence[Source], batch_size: int) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(header(model.labels))
+    for row in predict_rows(model, sources, batch_size):
+        writer.writerow(row)
+
+
+def main(model: str, images: Sequence[str], out: str | None = None, params: str | None = None,
+         batch_size: int = 256) -> None:  # fmt: skip
+    """The ``predict`` command: CSV to ``out`` (written only if every image is predicted) or to stdout."""
+    if batch_size < 1:
+        raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
+    sources = collect(images)
+    loaded = load_model(model, params, batch_size)
+    for note in conversion_notes(sources, loaded):
+        print(note, file=sys.stderr)
+    if out is None or out == "-":
+        try:
+            write_csv(sys.stdout, loaded, sources, batch_size)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    from medmnist_pipeline.files import atomic_file
+
+    try:
+        with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
+            write_csv(f, loaded, sources, batch_size)
+    except OSError as exc:
+        raise PipelineError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    print(f"predicted {len(sources)} images with {model} -> {out}", file=sys.stderr)
