@@ -42,6 +42,9 @@ def _mlflow() -> Any:
     return mlflow
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 def experiment_id(params: Params) -> str:
     """Create the experiment on first use. For the default local store, artifacts go beside the database
     (an absolute path, so runs from DVC's temporary experiment copies land there too)."""
@@ -52,8 +55,9 @@ def experiment_id(params: Params) -> str:
         return experiment.experiment_id
     local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
     location = (project_root() / ARTIFACTS_DIR).as_uri() if local else None
-    try:
-        return mlflow.create_experiment(params.tracking.experiment, artifact_location=location)
+    try:  # the kind tag makes MLflow 3's UI open the experiment on its runs, not on the GenAI traces overview
+        return mlflow.create_experiment(params.tracking.experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})  # fmt: skip
     except Exception:  # another worker created it between our two calls
         return mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
 
