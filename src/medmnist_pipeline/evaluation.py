@@ -154,7 +154,7 @@ def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: 
     train_labels = labels.float() if meta.multi_label else labels[:, 0].long()  # as MedMNISTData holds them
     for fraction in sorted(fractions):
         retrained = Retrained(tuned, 0.0) if fraction == 1.0 else \
-            retrain("size", section, params.seed, meta, params, fraction, parent_run_id)  # fmt: skip
+            retrain(f"size-{fraction:g}", section, params.seed, meta, params, fraction, parent_run_id)  # fmt: skip
         subset = stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else \
             torch.arange(len(train_labels))  # the images MedMNISTData trained on  # fmt: skip
         train = Split(splits["train"].images[subset], splits["train"].labels[subset.numpy()])

@@ -144,6 +144,25 @@ def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[last] = value
 
 
+def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] | None:
+    """Make the first trial of a new study the train section's own values (where they lie inside the space), so the
+    search starts from the configuration it should beat and TPE/the pruner know its curve from the outset."""
+    if study.trials or params.tune.sampler == "grid":
+        return None
+    tree, values = params.train.model_dump(), {}
+    for path, dist in params.tune.space.items():
+        value = tree
+        for part in path.split(".")[1:]:
+            value = value[part]
+        bounds = dist.float_ or dist.int_
+        if (dist.categorical is not None and value not in dist.categorical) or \
+                (bounds is not None and not bounds[0] <= value <= bounds[1]):  # fmt: skip
+            return None
+        values[path] = value
+    study.enqueue_trial(values)
+    return values
+
+
 def trial_train_params(params: Params, values: dict[str, Any]) -> TrainParams:
     """The train section with the fixed overrides and this trial's values, validated like the train stage."""
     tree = copy.deepcopy(params.train.model_dump())

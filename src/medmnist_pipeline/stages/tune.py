@@ -18,6 +18,7 @@ from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
 from medmnist_pipeline.tuning import (
     best_trial,
     count,
+    enqueue_train_values,
     fail_stale_trials,
     open_study,
     optimize,
@@ -55,6 +56,8 @@ def main(params_path: str, worker: bool = False) -> None:
         import mlflow
 
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+        if enqueue_train_values(study, params):
+            print("trial 0 tries the train section's own values: the configuration to beat")
         optimize(study, params, meta, run.info.run_id)
         wait_for_other_workers(study)
 
