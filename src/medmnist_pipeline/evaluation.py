@@ -147,14 +147,15 @@ def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: 
     """Retrain on stratified fractions of the training split (same validation split) and measure the training
     error (on the un-augmented images it trained on, best epoch's weights) and the validation error and AUC.
 
-    Fraction 1.0 with the same seed is the tuned model itself (its trial trained exactly this): no retrain.
+    Each fraction trains for the same number of optimizer steps as the full set (``same_steps``). Fraction 1.0 with
+    the same seed is the tuned model itself (its trial trained exactly this): no retrain.
     """
     rows = []
     labels = torch.from_numpy(splits["train"].labels)
     train_labels = labels.float() if meta.multi_label else labels[:, 0].long()  # as MedMNISTData holds them
     for fraction in sorted(fractions):
-        retrained = Retrained(tuned, 0.0) if fraction == 1.0 else \
-            retrain(f"size-{fraction:g}", section, params.seed, meta, params, fraction, parent_run_id)  # fmt: skip
+        retrained = Retrained(tuned, 0.0) if fraction == 1.0 else retrain(
+            f"size-{fraction:g}", same_steps(section, fraction), params.seed, meta, params, fraction, parent_run_id)
         subset = stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else \
             torch.arange(len(train_labels))  # the images MedMNISTData trained on  # fmt: skip
         train = Split(splits["train"].images[subset], splits["train"].labels[subset.numpy()])
@@ -165,6 +166,20 @@ def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: 
         log(f"  size curve: {len(subset):6d} training images -> train error {rows[-1]['train_error']:.3f}, "
             f"val error {rows[-1]['val_error']:.3f}, val AUC {val_m['auc']:.4f} ({retrained.seconds:.0f} s)")
     return pd.DataFrame(rows, columns=["fraction", "n_train", "train_error", "val_error", "train_auc", "val_auc"])
+
+
+def same_steps(section: TrainParams, fraction: float) -> TrainParams:
+    """The section with its epoch counts (max, patience, warmup) divided by ``fraction``: a smaller training set
+    gets the same number of optimizer steps, so the curve measures data, not a shorter training."""
+    import math
+
+    def scaled(epochs: int) -> int:
+        return math.ceil(epochs / fraction) if epochs else 0
+
+    schedule = section.schedule.model_copy(update={"warmup_epochs": scaled(section.schedule.warmup_epochs),
+                                                   "patience": scaled(section.schedule.patience)})  # fmt: skip
+    return section.model_copy(update={"max_epochs": scaled(section.max_epochs), "schedule": schedule,
+                                      "early_stopping_patience": scaled(section.early_stopping_patience)})  # fmt: skip
 
 
 def seed_runs(section: TrainParams, params: Params, meta: DatasetMeta, splits: dict[str, Split], seeds: list[int],

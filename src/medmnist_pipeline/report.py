@@ -109,8 +109,10 @@ def render(inputs: ReportInputs) -> str:
         "",
     ]
     if len(inputs.size_curve):
-        parts += ["### Training-set size", "", "![training-set size curve](size_curve.png)", "",
-                  markdown_table(inputs.size_curve), ""]  # fmt: skip
+        parts += ["### Training-set size", "",
+                  "The tuned configuration retrained on stratified fractions of the training split, each for the same "
+                  "number of optimizer steps as the full set (fraction 1.0 is the tuned model itself).", "",
+                  "![training-set size curve](size_curve.png)", "", markdown_table(inputs.size_curve), ""]  # fmt: skip
         if inputs.size_reading:
             parts += [inputs.size_reading, ""]
     parts += [

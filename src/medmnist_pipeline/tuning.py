@@ -190,11 +190,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
     started = time.perf_counter()
     values = {path: suggest(trial, path, dist) for path, dist in params.tune.space.items()}
     run = mlflow.start_run(experiment_id=experiment_id(params), run_name=f"tune/trial-{trial.number}",
-                           nested=True, parent_run_id=parent_run_id, tags={"stage": "tune", "tune.trial": str(trial.number),
-                           "tune.study": study.study_name, "tune.worker": worker_id()})  # fmt: skip
+                           nested=True, parent_run_id=parent_run_id,
+                           tags={"stage": "tune", "tune.trial": str(trial.number), "tune.study": study.study_name,
+                                 "tune.worker": worker_id()})  # fmt: skip
     try:
         mlflow.log_params(flatten({k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}))
         section = trial_train_params(params, values)
+        # every train.* key, as the train stage's runs have them: trials and train runs compare side by side
+        mlflow.log_params({k: v for k, v in flatten({"train": section.model_dump()}).items() if k not in values})
         logger = MLFlowLogger(experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params),
                               run_id=run.info.run_id)  # fmt: skip
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
