@@ -24,11 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import psutil
 import pytest
 from helpers import REPO, write_params
-from test_pipeline_dvc import new_project, sh, tiny_pipeline
+from test_pipeline_dvc import new_project, sh, tiny_pipeline, tracked_runs
 
 SCREENSHOTS = Path(os.environ.get("UI_SCREENSHOTS") or REPO / "reports" / "ui-screenshots")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -71,14 +70,6 @@ def expected_on_run_page(params: dict) -> dict[str, tuple[str, str, str]]:
         "evaluate": ("evaluate.bootstrap.resamples", str(params["evaluate"]["bootstrap"]["resamples"]),
                      "test/auc/tuned"),
     }  # fmt: skip
-
-
-def store_runs(project: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    try:
-        return mlflow.search_runs(search_all_experiments=True, output_format="list")
-    finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
 def children_by_parent(runs: list) -> dict[str, list[str]]:
@@ -235,7 +226,7 @@ def test_ui_shows_every_stage_nested_runs_and_compare(tmp_path: Path, repo_param
             time.sleep(0.5)
 
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        runs = store_runs(project)
+        runs = tracked_runs(project)
         taken = drive_ui(base, browser_path, params, second_lr, children_by_parent(runs), len(runs), SCREENSHOTS)
         assert all(p.is_file() and p.stat().st_size > 10_000 for p in taken), taken
     finally:

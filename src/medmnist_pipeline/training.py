@@ -251,10 +251,11 @@ def build_optimization(net: nn.Module, optimizer: dict[str, Any], schedule: dict
     if kind == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=factor,
                                                                patience=schedule["patience"])  # fmt: skip
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch",
+                                                  "name": "train/lr"}}
     if kind == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, int(total_steps)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     steps_per_epoch = max(1, int(total_steps) // max_epochs)
     warmup = schedule["warmup_epochs"] * steps_per_epoch
@@ -270,7 +271,7 @@ def build_optimization(net: nn.Module, optimizer: dict[str, Any], schedule: dict
         return 1.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 # --- callbacks ----------------------------------------------------------------------------------------------
