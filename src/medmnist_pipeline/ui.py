@@ -167,6 +167,9 @@ def main(params_path: str | Path = "params.yaml", host: str = DEFAULT_HOST, port
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no GenAI job runner (7 extra processes)
     env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # MLflow's own starlette deprecation notice
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # A process started in the background by a non-interactive shell (CI, scripts) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: take SIGINT back, so `kill -INT` / Ctrl-C always stops the UI.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = None
     interrupted = False
     try:
@@ -188,11 +191,11 @@ def main(params_path: str | Path = "params.yaml", host: str = DEFAULT_HOST, port
         interrupted = True
         return 0
     finally:
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if proc is not None:
             stop(proc)
-        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous)
         if interrupted:
             print("medmnist-pipeline ui: stopped", file=sys.stderr)
