@@ -26,6 +26,16 @@ def write_params(path: Path, params: dict[str, Any]) -> Path:
     return path
 
 
+def params_error(path: Path, params: dict[str, Any]) -> str:
+    """Write ``params`` to ``path`` and return the message of the ParamsError that loading it must raise."""
+    from medmnist_pipeline.config import load_params
+    from medmnist_pipeline.errors import ParamsError
+
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(path, params))
+    return str(error.value)
+
+
 def make_npz(
     path: Path,
     task: str = "binary-class",

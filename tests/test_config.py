@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, write_params
+from helpers import REPO, params_error, write_params
 
 from medmnist_pipeline.config import load_params
 from medmnist_pipeline.errors import ParamsError
@@ -58,9 +58,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
 def test_bad_value_is_named(tmp_path: Path, repo_params: dict, key: str, value: Any, message: str) -> None:
     set_key(repo_params, key, value)
-    with pytest.raises(ParamsError) as error:
-        load_params(write_params(tmp_path / "params.yaml", repo_params))
-    assert message in str(error.value)
+    assert message in params_error(tmp_path / "params.yaml", repo_params)
 
 
 def test_unknown_key_lists_allowed_keys_and_suggests(tmp_path: Path, repo_params: dict) -> None:
@@ -95,9 +93,8 @@ def test_custom_data_needs_path_task_and_labels(tmp_path: Path, repo_params: dic
 def test_every_problem_is_reported_at_once(tmp_path: Path, repo_params: dict) -> None:
     repo_params["seed"] = -1
     repo_params["data"]["size"] = 100
-    with pytest.raises(ParamsError) as error:
-        load_params(write_params(tmp_path / "params.yaml", repo_params))
-    assert "seed:" in str(error.value) and "data.size:" in str(error.value)
+    message = params_error(tmp_path / "params.yaml", repo_params)
+    assert "seed:" in message and "data.size:" in message
 
 
 def test_not_yaml_and_not_found(tmp_path: Path) -> None:

@@ -89,8 +89,9 @@ def reference_rows(flag: str) -> pd.DataFrame:
 
 def history_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Per-epoch training histories of every model, one long table with a ``model`` column."""
-    frames = [pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()]
-    return pd.concat(frames, ignore_index=True)[["model", *frames[0].columns.drop("model", errors="ignore")]]
+    long = pd.concat([pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()],
+                     ignore_index=True)  # fmt: skip
+    return long[["model", *long.columns.drop("model")]]
 
 
 # --- retraining the tuned configuration ---------------------------------------------------------------------
@@ -131,8 +132,7 @@ def retrain(name: str, section: TrainParams, seed: int, meta: DatasetMeta, param
         result = fit(section, seed, meta, CHECKPOINTS_DIR / f"evaluate-{key}", logger, train_fraction=fraction,
                      progress=False)  # fmt: skip
         RETRAIN_DIR.mkdir(parents=True, exist_ok=True)
-        val = {k: result.best[k] for k in ("acc", "auc", "loss")}
-        export_model(result.module, meta, val, done, history=result.history, run_id=run.info.run_id)
+        export_model(result.module, meta, result.val, done, history=result.history, run_id=run.info.run_id)
         mlflow.end_run("FINISHED")
     except BaseException:
         mlflow.end_run("FAILED")

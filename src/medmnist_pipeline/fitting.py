@@ -39,6 +39,11 @@ class FitResult:
     best: dict[str, float]  # the best epoch's validation metrics: epoch, loss, acc, auc
     seconds: float
 
+    @property
+    def val(self) -> dict[str, float]:
+        """The best epoch's validation acc, auc and loss (what an exported model records)."""
+        return {k: self.best[k] for k in ("acc", "auc", "loss")}
+
 
 def run_key(section: TrainParams, seed: int, meta: DatasetMeta, augment: Any) -> str:
     """Identifies a run's inputs: a checkpoint is resumed only by a run with exactly the same inputs."""
@@ -125,7 +130,7 @@ def train_stage(stage: str, params: Params, section: TrainParams, model_path: Pa
         result = fit(section, params.seed, meta, checkpoint_dir, logger)
 
         reports_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {"val": {k: result.best[k] for k in ("acc", "auc", "loss")}, "best_epoch": result.best["epoch"],
+        metrics = {"val": result.val, "best_epoch": result.best["epoch"],
                    "epochs": len(result.history), "train_seconds": round(result.seconds, 1)}  # fmt: skip
         (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         result.history.to_csv(reports_dir / "history.csv", index=False)

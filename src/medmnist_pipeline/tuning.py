@@ -137,11 +137,22 @@ def suggest(trial: optuna.Trial, path: str, dist: Distribution) -> Any:
     return trial.suggest_float(path, dist.float_[0], dist.float_[1], log=dist.log)
 
 
-def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+def _parent(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The mapping that holds the setting ``path`` (``train.a.b``) in a dumped train section, and its key."""
     *parents, last = path.split(".")[1:]  # drop the leading "train"
     for part in parents:
         tree = tree[part]
-    tree[last] = value
+    return tree, last
+
+
+def get_path(tree: dict[str, Any], path: str) -> Any:
+    holder, key = _parent(tree, path)
+    return holder[key]
+
+
+def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    holder, key = _parent(tree, path)
+    holder[key] = value
 
 
 def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] | None:
@@ -151,9 +162,7 @@ def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] 
         return None
     tree, values = params.train.model_dump(), {}
     for path, dist in params.tune.space.items():
-        value = tree
-        for part in path.split(".")[1:]:
-            value = value[part]
+        value = get_path(tree, path)
         bounds = dist.float_ or dist.int_
         if (dist.categorical is not None and value not in dist.categorical) or \
                 (bounds is not None and not bounds[0] <= value <= bounds[1]):  # fmt: skip
@@ -194,7 +203,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
                            tags={"stage": "tune", "tune.trial": str(trial.number), "tune.study": study.study_name,
                                  "tune.worker": worker_id()})  # fmt: skip
     try:
-        mlflow.log_params(flatten({k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}))
+        mlflow.log_params(flatten(values))
         section = trial_train_params(params, values)
         # every train.* key, as the train stage's runs have them: trials and train runs compare side by side
         mlflow.log_params({k: v for k, v in flatten({"train": section.model_dump()}).items() if k not in values})
@@ -204,11 +213,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
         checkpoint_dir = trials_dir / f"trial-{trial.number}"
         result = fit(section, params.seed, meta, checkpoint_dir, logger, callbacks=[pruning], progress=False)
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
-        value = {"val/auc": result.best["auc"], "val/acc": result.best["acc"], "val/loss": result.best["loss"]}[
-            params.tune.metric]
+        value = result.val[params.tune.metric.removeprefix("val/")]
         model_path = trials_dir / f"trial-{trial.number}.ckpt"
-        export_model(result.module, meta, {k: result.best[k] for k in ("acc", "auc", "loss")}, model_path,
-                     result.history, run.info.run_id)  # fmt: skip
+        export_model(result.module, meta, result.val, model_path, result.history, run.info.run_id)
         trial.set_user_attr("model_path", str(model_path))
         trial.set_user_attr("best_epoch", result.best["epoch"])
         mlflow.log_metric("trial/value", value)
