@@ -69,7 +69,14 @@ def test_evaluate_writes_every_file_for_every_task(workdir: Path, repo_params: d
             low, high = test[f"{name}_ci"]
             assert low <= test[name] + 1e-9 and test[name] <= high + 1e-9
     assert ("tuned_seeds" in metrics) == bool(seeds)
-    assert len(pd.read_csv(out / "seeds.csv")) == len(seeds)
+    seed_table = pd.read_csv(out / "seeds.csv")
+    assert len(seed_table) == len(seeds)
+    if seeds:  # metrics.json, comparison.csv and the report share one mean ± sample sd
+        summary = metrics["tuned_seeds"]["test"]
+        assert summary["auc_sd"] == pytest.approx(seed_table["test_auc"].std(ddof=1))
+        row = pd.read_csv(out / "comparison.csv").set_index("model").loc[f"tuned, {len(seeds)} seeds (mean ± sd)"]
+        assert row["test_auc_ci"] == f"± {summary['auc_sd']:.3f}"
+        assert f"{summary['auc']:.3f} ± {summary['auc_sd']:.3f}" in (out / "report.md").read_text()
 
     # The test metrics equal an independent recomputation from the model file and the raw npz.
     raw = np.load(source, allow_pickle=False)

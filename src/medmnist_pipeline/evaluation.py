@@ -198,19 +198,31 @@ def seed_runs(section: TrainParams, params: Params, meta: DatasetMeta, splits: d
     return pd.DataFrame(rows, columns=["seed", "val_acc", "val_auc", "test_acc", "test_auc"])
 
 
-def comparison_table(metrics: dict[str, dict[str, Any]], seeds: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+def seed_summary(seeds: pd.DataFrame) -> dict[str, Any] | None:
+    """Mean and sample standard deviation (n - 1; 0 for a single seed) of the seed retrains; None without any."""
+    if not len(seeds):
+        return None
+    mean, sd = seeds.mean(), seeds.std(ddof=1) if len(seeds) > 1 else seeds.std(ddof=0)
+    return {"test": {"acc": float(mean["test_acc"]), "auc": float(mean["test_auc"]),
+                     "acc_sd": float(sd["test_acc"]), "auc_sd": float(sd["test_auc"])},
+            "val": {"acc": float(mean["val_acc"]), "auc": float(mean["val_auc"])},
+            "seeds": [int(seed) for seed in seeds["seed"]]}  # fmt: skip
+
+
+def comparison_table(metrics: dict[str, dict[str, Any]], seeds: dict[str, Any] | None,
+                     reference: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
     """Models x metrics for the report: this project's models (with CIs), seed statistics, then the benchmark."""
     rows = []
     for name, m in metrics.items():
         rows.append({"model": name, "test_auc": m["test"]["auc"], "test_auc_ci": _interval(m["test"]["auc_ci"]),
                      "test_acc": m["test"]["acc"], "test_acc_ci": _interval(m["test"]["acc_ci"]),
                      "val_auc": m["val"]["auc"], "val_acc": m["val"]["acc"], "source": "this project"})  # fmt: skip
-    if len(seeds):
-        sd = seeds.std(ddof=1) if len(seeds) > 1 else seeds.std(ddof=0)
-        rows.append({"model": f"tuned, {len(seeds)} seeds (mean ± sd)", "test_auc": seeds["test_auc"].mean(),
-                     "test_auc_ci": f"± {sd['test_auc']:.3f}", "test_acc": seeds["test_acc"].mean(),
-                     "test_acc_ci": f"± {sd['test_acc']:.3f}", "val_auc": seeds["val_auc"].mean(),
-                     "val_acc": seeds["val_acc"].mean(), "source": "this project"})  # fmt: skip
+    if seeds:
+        test = seeds["test"]
+        rows.append({"model": f"tuned, {len(seeds['seeds'])} seeds (mean ± sd)", "test_auc": test["auc"],
+                     "test_auc_ci": f"± {test['auc_sd']:.3f}", "test_acc": test["acc"],
+                     "test_acc_ci": f"± {test['acc_sd']:.3f}", "val_auc": seeds["val"]["auc"],
+                     "val_acc": seeds["val"]["acc"], "source": "this project"})  # fmt: skip
     for row in reference.itertuples():
         rows.append({"model": row.method, "test_auc": row.test_auc, "test_acc": row.test_acc,
                      "source": "MedMNIST v2 (Yang et al. 2023, Table 3)"})  # fmt: skip

@@ -22,7 +22,7 @@ class ReportInputs:
     findings: dict[str, Any]  # evaluation.error_analysis of the best model
     size_curve: pd.DataFrame  # empty when evaluate.learning_curve.fractions is []
     size_reading: str | None
-    seeds: pd.DataFrame  # empty when evaluate.seeds is []
+    seeds: dict[str, Any] | None  # evaluation.seed_summary; None when evaluate.seeds is []
     confidence: float
     run_ids: dict[str, str]  # model -> MLflow run id of its training
     n_test: int
@@ -63,11 +63,11 @@ def headline(inputs: ReportInputs) -> list[str]:
     if gap > 0.02:
         lines.append(f"Test AUC is {gap:.3f} below validation AUC: the validation split, used for model "
                      "selection, is optimistic for this dataset; trust the test figures and their intervals.")
-    if len(inputs.seeds) > 1:
-        s = inputs.seeds
-        lines.append(f"Retrained with {len(s)} seeds, the tuned configuration scores test AUC "
-                     f"{s['test_auc'].mean():.3f} ± {s['test_auc'].std(ddof=1):.3f} and ACC "
-                     f"{s['test_acc'].mean():.3f} ± {s['test_acc'].std(ddof=1):.3f} (mean ± sd).")  # fmt: skip
+    if inputs.seeds and len(inputs.seeds["seeds"]) > 1:
+        s = inputs.seeds["test"]
+        lines.append(f"Retrained with {len(inputs.seeds['seeds'])} seeds, the tuned configuration scores test AUC "
+                     f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} "
+                     "(mean ± sd).")  # fmt: skip
     return lines
 
 

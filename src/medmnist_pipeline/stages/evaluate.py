@@ -19,6 +19,7 @@ from medmnist_pipeline.evaluation import (
     register_tuned,
     scores,
     seed_runs,
+    seed_summary,
     size_curve,
     split_metrics,
 )
@@ -63,17 +64,12 @@ def main(params_path: str) -> None:
         if settings.seeds:
             print(f"retraining the tuned configuration with seeds {settings.seeds}")
         seeds = seed_runs(tuned_section, params, meta, splits, settings.seeds, models["tuned"], run.info.run_id)
+        seed_stats = seed_summary(seeds)
 
         out.mkdir(parents=True, exist_ok=True)
-        results = dict(metrics)
-        if len(seeds):
-            results["tuned_seeds"] = {
-                "test": {"acc": seeds["test_acc"].mean(), "auc": seeds["test_auc"].mean(),
-                         "acc_sd": seeds["test_acc"].std(ddof=0), "auc_sd": seeds["test_auc"].std(ddof=0)},
-                "val": {"acc": seeds["val_acc"].mean(), "auc": seeds["val_auc"].mean()}, "seeds": settings.seeds,
-            }  # fmt: skip
+        results = {**metrics, "tuned_seeds": seed_stats} if seed_stats else metrics
         (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        comparison = comparison_table(metrics, seeds, reference_rows(meta.flag))
+        comparison = comparison_table(metrics, seed_stats, reference_rows(meta.flag))
         comparison.to_csv(out / "comparison.csv", index=False)
         seeds.to_csv(out / "seeds.csv", index=False)
 
@@ -92,7 +88,7 @@ def main(params_path: str) -> None:
                                   settings.error_analysis.gallery, settings.error_analysis.calibration_bins)  # fmt: skip
         (out / "report.md").write_text(render(ReportInputs(
             meta=meta, metrics=metrics, comparison=comparison, best=best, findings=findings, size_curve=sizes,
-            size_reading=reading, seeds=seeds, confidence=settings.bootstrap.confidence, run_ids=run_ids,
+            size_reading=reading, seeds=seed_stats, confidence=settings.bootstrap.confidence, run_ids=run_ids,
             n_test=len(splits["test"].labels))))  # fmt: skip
 
         logged = {f"{split}/{metric}/{name}": m[split][metric]
