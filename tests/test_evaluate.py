@@ -104,6 +104,7 @@ def test_evaluate_writes_every_file_for_every_task(workdir: Path, repo_params: d
     (parent,) = [r for r in evaluate_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in evaluate_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 1 + len(seeds)  # fraction 0.5 and one run per seed (1.0 is the tuned model itself)
+    assert not (workdir / "checkpoints/evaluate").exists()  # retrains are kept only until the stage succeeds
     for model in ("baseline", "cnn", "tuned"):
         source_run = mlflow.get_run(parent.data.tags[f"evaluated.{model}.run_id"])  # tags point at real runs
         assert source_run.data.tags["stage"] in ("baseline", "train", "tune")

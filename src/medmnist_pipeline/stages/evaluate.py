@@ -4,11 +4,13 @@ the MedMNIST v2 reference rows, learning curves, error analysis of the best mode
 from __future__ import annotations
 
 import json
+import shutil
 
 
 from medmnist_pipeline.config import load_params, load_train_params
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.evaluation import (
+    RETRAIN_DIR,
     comparison_table,
     error_analysis,
     history_frame,
@@ -105,6 +107,7 @@ def main(params_path: str) -> None:
         mlflow.log_artifacts(str(out), artifact_path="evaluate")
         print(f"evaluate: best on validation is {best}: test AUC {metrics[best]['test']['auc']:.4f}, "
               f"ACC {metrics[best]['test']['acc']:.4f}; report {out / 'report.md'}; MLflow run {run.info.run_id}")
+    shutil.rmtree(RETRAIN_DIR, ignore_errors=True)  # finished: the next evaluate retrains in runs of its own
 
 
 def _off_figure(reason: str):
