@@ -389,12 +389,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return validate(Params, raw, source=str(path))
 
 
-def load_train_params(path: str | Path) -> TrainParams:
-    """A train section saved on its own (the tune stage's best_params.yaml: ``{train: {...}}``), validated."""
+def load_section(path: str | Path, name: str, model: type[BaseModel]) -> Any:
+    """One section of a YAML file (``{name: {...}}``), validated on its own: the tune stage's best_params.yaml, or
+    the tracking section for commands (predict, ui) that must work while another section is being edited."""
     raw = read_yaml(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
-        raise ParamsError(f"{path}: expected a mapping with a train section")
-    return validate(TrainParams, raw["train"], source=str(path), prefix=("train",))
+    if not isinstance(raw, dict) or not isinstance(raw.get(name), dict):
+        raise ParamsError(f"{path}: expected a mapping with a {name} section")
+    return validate(model, raw[name], source=str(path), prefix=(name,))
 
 
 def check_trials_can_run(params: Params) -> None:

@@ -15,7 +15,6 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import IO, Any
 
 import numpy as np
@@ -53,18 +52,12 @@ def tracking_store(params_path: str | Path | None) -> str:
     """The MLflow store that MLflow URIs are resolved in: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` of the params
     file > ``sqlite:///<project root>/mlflow.db`` (the stages' own rule, ``tracking.tracking_uri``). ``params_path``
     None means ``params.yaml`` if there is one; only its ``tracking`` section is read and validated."""
-    from medmnist_pipeline.config import TrackingParams, read_yaml, validate
-    from medmnist_pipeline.errors import ParamsError
-    from medmnist_pipeline.tracking import tracking_uri
+    from medmnist_pipeline.config import TrackingParams, load_section
+    from medmnist_pipeline.tracking import uri_of
 
-    section = SimpleNamespace(uri=None)
     path = Path(params_path or "params.yaml")
-    if params_path is not None or path.is_file():
-        raw = read_yaml(path)
-        if not isinstance(raw, dict) or not isinstance(raw.get("tracking"), dict):
-            raise ParamsError(f"{path}: expected a mapping with a tracking section")
-        section = validate(TrackingParams, raw["tracking"], source=str(path), prefix=("tracking",))
-    return tracking_uri(SimpleNamespace(tracking=section))  # it reads params.tracking.uri only
+    read = params_path is not None or path.is_file()
+    return uri_of(load_section(path, "tracking", TrackingParams) if read else None)
 
 
 def _device() -> Any:

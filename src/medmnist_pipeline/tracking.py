@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medmnist_pipeline.config import Params
+from medmnist_pipeline.config import Params, TrackingParams
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
@@ -29,8 +29,13 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def tracking_uri(params: Params) -> str:
+    return uri_of(params.tracking)
+
+
+def uri_of(tracking: TrackingParams | None) -> str:
     """``MLFLOW_TRACKING_URI`` (e.g. a team server) > ``tracking.uri`` > ``sqlite:///<root>/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri or f"sqlite:///{project_root() / DB_NAME}"
+    configured = tracking.uri if tracking is not None else None
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{project_root() / DB_NAME}"
 
 
 def _mlflow() -> Any:

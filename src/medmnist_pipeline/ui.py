@@ -19,11 +19,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
-from medmnist_pipeline.config import TrackingParams, read_yaml, validate
-from medmnist_pipeline.errors import ParamsError, PipelineError
-from medmnist_pipeline.tracking import ARTIFACTS_DIR, project_root, tracking_uri
+from medmnist_pipeline.config import TrackingParams, load_section
+from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.tracking import ARTIFACTS_DIR, project_root, uri_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -34,11 +33,8 @@ STOP_TIMEOUT_S = 15.0
 def store_uri(params_path: str | Path) -> tuple[str, str]:
     """The tracking URI and experiment name of the project. Only the ``tracking`` section is validated: the UI
     should open even while another section of params.yaml is being edited."""
-    raw = read_yaml(params_path)
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{params_path}: expected a mapping of sections (seed, data, ...)")
-    tracking = validate(TrackingParams, raw.get("tracking"), source=str(params_path), prefix=("tracking",))
-    return tracking_uri(SimpleNamespace(tracking=tracking)), tracking.experiment
+    tracking = load_section(params_path, "tracking", TrackingParams)
+    return uri_of(tracking), tracking.experiment
 
 
 def is_loopback(host: str) -> bool:

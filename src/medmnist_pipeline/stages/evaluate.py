@@ -7,7 +7,7 @@ import json
 import shutil
 
 
-from medmnist_pipeline.config import load_params, load_train_params
+from medmnist_pipeline.config import TrainParams, load_params, load_section
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.evaluation import (
     RETRAIN_DIR,
@@ -33,7 +33,7 @@ from medmnist_pipeline.tracking import dataset_tags, stage_run
 def main(params_path: str) -> None:
     params = load_params(params_path)
     settings = params.evaluate
-    tuned_section = load_train_params(TUNED_PARAMS)
+    tuned_section = load_section(TUNED_PARAMS, "train", TrainParams)
     meta = load_meta(PREPARED_DIR)
     models = load_models(meta)
     splits = load_splits(meta)

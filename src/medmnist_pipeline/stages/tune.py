@@ -16,6 +16,7 @@ from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import MODELS_DIR, PREPARED_DIR, REPORTS_DIR
 from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
 from medmnist_pipeline.tuning import (
+    FINISHED,
     best_trial,
     count,
     enqueue_train_values,
@@ -37,7 +38,7 @@ def main(params_path: str, worker: bool = False) -> None:
     stale = fail_stale_trials(study)
     if stale:
         print(f"marked trial(s) {stale} failed: their process died (e.g. an interrupted run)")
-    finished = count(study, (TrialState.COMPLETE, TrialState.PRUNED))
+    finished = count(study, FINISHED)
     print(f"study {study.study_name}: {finished} of {params.tune.n_trials} trials finished so far")
 
     if worker:  # join the study; the `tune` stage itself writes the outputs
