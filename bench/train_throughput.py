@@ -93,12 +93,20 @@ def main() -> None:
 
     with np.load(args.npz, allow_pickle=False) as npz:
         images, labels = npz["train_images"], npz["train_labels"]
-    print(f"{args.npz.name}: {len(images)} training images; device {args.device}; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; batch {args.batch_size}; {args.steps} timed steps")  # fmt: skip
+    print(
+        f"{args.npz.name}: {len(images)} training images; device {args.device}; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads; batch {args.batch_size}; {args.steps} timed steps"
+    )
 
     dataset = PILDataset(images, labels)
-    reference = train(endless(lambda: DataLoader(dataset, batch_size=args.batch_size, shuffle=True)),
-                      args.steps, args.warmup, args.device, fast=False, prepare=lambda x: x)  # fmt: skip
+    reference = train(
+        endless(lambda: DataLoader(dataset, batch_size=args.batch_size, shuffle=True)),
+        args.steps,
+        args.warmup,
+        args.device,
+        fast=False,
+        prepare=lambda x: x,
+    )
     print(f"reference (PIL Dataset + per-sample ToTensor/Normalize + DataLoader, fp32): {reference:8.1f} images/s")
 
     x, y = as_tensors(images, labels, multi_label=False)
@@ -114,7 +122,7 @@ def main() -> None:
     # Feeding alone (one epoch of batches, ready on the device, no model): what the data path itself costs.
     def feed_rate(batches, prepare) -> float:
         started, seen = time.perf_counter(), 0
-        for x, y in batches:
+        for x, _y in batches:
             x = prepare(x.to(args.device))
             seen += len(x)
         if args.device == "cuda":
@@ -123,8 +131,10 @@ def main() -> None:
 
     reference_feed = feed_rate(DataLoader(dataset, batch_size=args.batch_size, shuffle=True), lambda b: b)
     ours_feed = feed_rate(epochs(), prepare)
-    print(f"data path alone: reference {reference_feed:,.0f} images/s, ours {ours_feed:,.0f} images/s "
-          f"({ours_feed / reference_feed:.0f}x)")
+    print(
+        f"data path alone: reference {reference_feed:,.0f} images/s, ours {ours_feed:,.0f} images/s "
+        f"({ours_feed / reference_feed:.0f}x)"
+    )
     print(f"speedup: {ours / reference:.2f}x")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers import REPO, make_npz
 
 # Before anything imports albumentations, mlflow or dvc: no network checks, no telemetry.
@@ -21,6 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MEDMNIST_MIRROR", None)  # each test chooses its own sources
+
 
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:

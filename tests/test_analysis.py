@@ -51,9 +51,13 @@ def test_confusion_counts_three_class_toy() -> None:
     y_true = [0, 0, 1, 1, 1, 2, 2, 2, 2]
     pred = [0, 1, 1, 1, 2, 2, 1, 1, 0]
     conf = an.confusion(y_true, one_hot_scores(pred, 3), "multi-class", ["a", "b", "c"])
-    expected = np.array([[1, 1, 0],  # row 0: one right, one as b
-                         [0, 2, 1],  # row 1: two right, one as c
-                         [1, 2, 1]])  # row 2: one as a, two as b, one right  # fmt: skip
+    expected = np.array(
+        [
+            [1, 1, 0],  # row 0: one right, one as b
+            [0, 2, 1],  # row 1: two right, one as c
+            [1, 2, 1],
+        ]
+    )  # row 2: one as a, two as b, one right
     np.testing.assert_array_equal(conf["counts"], expected)
     # rows divided by their sums 2, 3, 4
     np.testing.assert_allclose(conf["normalized"], [[1 / 2, 1 / 2, 0], [0, 2 / 3, 1 / 3], [1 / 4, 2 / 4, 1 / 4]])
@@ -103,8 +107,12 @@ def test_most_confused_pairs_largest_first_ties_row_major() -> None:
     counts = np.array([[1, 1, 0], [0, 2, 1], [1, 2, 1]])  # off-diagonal: (c,b)=2, then (a,b)=(b,c)=(c,a)=1
     assert an.most_confused_pairs(counts, ["a", "b", "c"], 2) == [("c", "b", 2), ("a", "b", 1)]
     # k beyond the non-zero cells: zeros and the diagonal are never reported
-    assert an.most_confused_pairs(counts, ["a", "b", "c"], 10) == [("c", "b", 2), ("a", "b", 1), ("b", "c", 1),
-                                                                    ("c", "a", 1)]  # fmt: skip
+    assert an.most_confused_pairs(counts, ["a", "b", "c"], 10) == [
+        ("c", "b", 2),
+        ("a", "b", 1),
+        ("b", "c", 1),
+        ("c", "a", 1),
+    ]
 
 
 def test_bad_inputs_are_refused() -> None:
@@ -187,14 +195,16 @@ def test_coverage_curve_multilabel_confidence_and_hamming_accuracy() -> None:
 
 def test_worst_errors_and_uncertain_correct_single_label() -> None:
     y_true = [0, 1, 2, 0, 1, 2]
-    y_score = np.array([
-        [0.2, 0.7, 0.1],    # 0: wrong, predicted 1 at 0.7
-        [0.1, 0.5, 0.4],    # 1: right at 0.5
-        [0.95, 0.0, 0.05],  # 2: wrong, predicted 0 at 0.95
-        [0.9, 0.05, 0.05],  # 3: right at 0.9
-        [0.05, 0.4, 0.55],  # 4: wrong, predicted 2 at 0.55
-        [0.3, 0.3, 0.4],    # 5: right at 0.4
-    ])  # fmt: skip
+    y_score = np.array(
+        [
+            [0.2, 0.7, 0.1],  # 0: wrong, predicted 1 at 0.7
+            [0.1, 0.5, 0.4],  # 1: right at 0.5
+            [0.95, 0.0, 0.05],  # 2: wrong, predicted 0 at 0.95
+            [0.9, 0.05, 0.05],  # 3: right at 0.9
+            [0.05, 0.4, 0.55],  # 4: wrong, predicted 2 at 0.55
+            [0.3, 0.3, 0.4],  # 5: right at 0.4
+        ]
+    )
     np.testing.assert_array_equal(an.worst_errors(y_true, y_score, "multi-class", 2), [2, 0])  # 0.95, 0.7
     np.testing.assert_array_equal(an.worst_errors(y_true, y_score, "multi-class", 10), [2, 0, 4])  # only 3 exist
     np.testing.assert_array_equal(an.uncertain_correct(y_true, y_score, "multi-class", 10), [5, 1, 3])  # .4 .5 .9
@@ -219,8 +229,14 @@ def test_gallery_captions_read_true_and_predicted() -> None:
 
 
 def test_read_size_curve_still_falling() -> None:
-    df = pd.DataFrame({"n_train": [500, 1000, 2000, 4000], "train_error": [0.05, 0.07, 0.09, 0.11],
-                       "val_error": [0.30, 0.25, 0.21, 0.18], "val_auc": [0.7, 0.75, 0.8, 0.82]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "n_train": [500, 1000, 2000, 4000],
+            "train_error": [0.05, 0.07, 0.09, 0.11],
+            "val_error": [0.30, 0.25, 0.21, 0.18],
+            "val_auc": [0.7, 0.75, 0.8, 0.82],
+        }
+    )
     text = an.read_size_curve(df.sample(frac=1, random_state=0))  # row order must not matter
     # last doubling 2000 -> 4000: 21 % -> 18 % = 3.0 points; gap at 4000: 18 - 11 = 7.0 points
     assert "falls by 3.0 points per doubling" in text
@@ -229,8 +245,13 @@ def test_read_size_curve_still_falling() -> None:
 
 
 def test_read_size_curve_flat() -> None:
-    df = pd.DataFrame({"n_train": [1000, 2000, 3000, 4000], "train_error": [0.01, 0.02, 0.02, 0.03],
-                       "val_error": [0.20, 0.150, 0.148, 0.146]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "n_train": [1000, 2000, 3000, 4000],
+            "train_error": [0.01, 0.02, 0.02, 0.03],
+            "val_error": [0.20, 0.150, 0.148, 0.146],
+        }
+    )
     text = an.read_size_curve(df)
     # last doubling = sizes 2000, 3000, 4000: least-squares slope of 15.0, 14.8, 14.6 against log2(n) is about
     # -0.4 / 1 doubling; gap at 4000: 14.6 - 3 = 11.6 points
@@ -290,17 +311,28 @@ def test_confusion_plot_truncates_long_names() -> None:
 
 def test_history_and_size_curve_plots(tmp_path: Path) -> None:
     # Lightning-style log: train and val metrics on alternate rows, val_auc missing entirely
-    history = pd.DataFrame({"epoch": [0, 0, 1, 1, 2, 2], "train_loss": [0.9, np.nan, 0.7, np.nan, 0.5, np.nan],
-                            "val_loss": [np.nan, 1.0, np.nan, 0.8, np.nan, 0.75],
-                            "train_acc": [0.6, np.nan, 0.7, np.nan, 0.8, np.nan],
-                            "val_acc": [np.nan, 0.55, np.nan, 0.65, np.nan, 0.7]})  # fmt: skip
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1, 2, 2],
+            "train_loss": [0.9, np.nan, 0.7, np.nan, 0.5, np.nan],
+            "val_loss": [np.nan, 1.0, np.nan, 0.8, np.nan, 0.75],
+            "train_acc": [0.6, np.nan, 0.7, np.nan, 0.8, np.nan],
+            "val_acc": [np.nan, 0.55, np.nan, 0.65, np.nan, 0.7],
+        }
+    )
     fig = an.plot_history(history, "history")
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]  # NaN rows skipped, absent val_auc not drawn
     assert_png(an.save_figure(fig, tmp_path / "history.png"))
     only_loss = an.plot_history(pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]}), "sparse")
     assert_png(an.save_figure(only_loss, tmp_path / "sparse.png"))
-    sizes = pd.DataFrame({"n_train": [4000, 500, 1000, 2000], "train_error": [0.11, 0.05, 0.07, 0.09],
-                          "val_error": [0.18, 0.30, 0.25, 0.21], "val_auc": [0.82, 0.7, 0.75, 0.8]})  # fmt: skip
+    sizes = pd.DataFrame(
+        {
+            "n_train": [4000, 500, 1000, 2000],
+            "train_error": [0.11, 0.05, 0.07, 0.09],
+            "val_error": [0.18, 0.30, 0.25, 0.21],
+            "val_auc": [0.82, 0.7, 0.75, 0.8],
+        }
+    )
     fig = an.plot_size_curve(sizes)
     assert fig.axes[0].get_xscale() == "log"
     assert len(fig.axes) == 2  # the twin AUC axis

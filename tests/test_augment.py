@@ -6,8 +6,10 @@ import numpy as np
 
 from medmnist_pipeline.augment import augment_images, check_pipeline_output, check_transform
 
-TRANSFORMS = [{"Affine": {"rotate": [-15, 15], "translate_percent": [-0.1, 0.1], "p": 1.0}},
-              {"RandomBrightnessContrast": {"p": 1.0}}]  # fmt: skip
+TRANSFORMS = [
+    {"Affine": {"rotate": [-15, 15], "translate_percent": [-0.1, 0.1], "p": 1.0}},
+    {"RandomBrightnessContrast": {"p": 1.0}},
+]
 
 
 def run(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
@@ -33,6 +35,8 @@ def test_checks() -> None:
     assert check_transform("HorizontalFlip", {"p": 0.5}) is None
     assert check_transform("ToTensorV2", {}).startswith("produces float tensors")
     assert "did you mean VerticalFlip" in check_transform("VerticalFlp", {})
-    assert check_pipeline_output([{"Resize": {"height": 32, "width": 32}}], 28, 1) == \
-        "must keep uint8 images of shape (28, 28), but produces uint8 (32, 32)"  # fmt: skip
+    assert (
+        check_pipeline_output([{"Resize": {"height": 32, "width": 32}}], 28, 1)
+        == "must keep uint8 images of shape (28, 28), but produces uint8 (32, 32)"
+    )
     assert check_pipeline_output([{"HueSaturationValue": {"p": 1.0}}], 28, 3) is None

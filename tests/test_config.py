@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, params_error, write_params
 
+from helpers import REPO, params_error, write_params
 from medmnist_pipeline.config import load_params
 from medmnist_pipeline.errors import ParamsError
 
@@ -40,19 +40,27 @@ BAD_VALUES = [
     ("data.download.retries", -2, "data.download.retries: input should be greater than or equal to 0"),
     ("tracking.experiment", "", "tracking.experiment: string should have at least 1 character"),
     ("data.mirror", 5, "data.mirror: input should be a valid string"),
-    ("augment.transforms", [{"HorizontalFlp": {"p": 0.5}}],
-     "augment.transforms[0].HorizontalFlp: unknown transform; did you mean HorizontalFlip"),
-    ("augment.transforms", [{"Affine": {"rotatee": 10}}],
-     "augment.transforms[0].Affine: unknown argument 'rotatee' (allowed: scale,"),
-    ("augment.transforms", [{"HorizontalFlip": {"p": 2}}],
-     "augment.transforms[0].HorizontalFlip: bad arguments: p"),
+    (
+        "augment.transforms",
+        [{"HorizontalFlp": {"p": 0.5}}],
+        "augment.transforms[0].HorizontalFlp: unknown transform; did you mean HorizontalFlip",
+    ),
+    (
+        "augment.transforms",
+        [{"Affine": {"rotatee": 10}}],
+        "augment.transforms[0].Affine: unknown argument 'rotatee' (allowed: scale,",
+    ),
+    ("augment.transforms", [{"HorizontalFlip": {"p": 2}}], "augment.transforms[0].HorizontalFlip: bad arguments: p"),
     ("augment.transforms", [{"Normalize": {}}], "augment.transforms[0].Normalize: produces float tensors"),
-    ("augment.transforms", [{"RandomCrop": {"height": 20, "width": 20}}],
-     "augment.transforms: must keep uint8 images of shape (28, 28), but produces uint8 (20, 20)"),
+    (
+        "augment.transforms",
+        [{"RandomCrop": {"height": 20, "width": 20}}],
+        "augment.transforms: must keep uint8 images of shape (28, 28), but produces uint8 (20, 20)",
+    ),
     ("augment.transforms", [{"HorizontalFlip": {}, "VerticalFlip": {}}], "must be a single 'TransformName: {args}'"),
     ("augment.transforms", [["HorizontalFlip"]], "augment.transforms[0]: input should be a valid dictionary"),
     ("data.custom.path", "x.npz", "data.custom.path is only used with data.flag: custom"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
@@ -63,8 +71,11 @@ def test_bad_value_is_named(tmp_path: Path, repo_params: dict, key: str, value: 
 
 def test_unknown_key_lists_allowed_keys_and_suggests(tmp_path: Path, repo_params: dict) -> None:
     repo_params["data"]["sizee"] = 28
-    with pytest.raises(ParamsError, match=r"data\.sizee: unknown key \(allowed: flag, size, mirror, download, "
-                                          r"custom\); did you mean 'size'\?"):  # fmt: skip
+    with pytest.raises(
+        ParamsError,
+        match=r"data\.sizee: unknown key \(allowed: flag, size, mirror, download, "
+        r"custom\); did you mean 'size'\?",
+    ):
         load_params(write_params(tmp_path / "params.yaml", repo_params))
 
 
@@ -125,8 +136,9 @@ def test_cli_exits_2_with_one_message_and_writes_nothing(tmp_path: Path, repo_pa
     repo_params["data"]["size"] = 100
     write_params(tmp_path / "params.yaml", repo_params)
     for stage in ("download", "augment"):
-        result = subprocess.run([sys.executable, "-m", "medmnist_pipeline", stage], cwd=tmp_path,
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "medmnist_pipeline", stage], cwd=tmp_path, capture_output=True, text=True
+        )
         assert result.returncode == 2, result.stderr
         assert "data.size: 100 is not one of 28, 64, 128 or 224" in result.stderr
         assert "Traceback" not in result.stderr

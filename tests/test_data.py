@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_npz, shared_file
 
+from helpers import make_npz, shared_file
 from medmnist_pipeline.config import DataParams
 from medmnist_pipeline.data import DatasetMeta, class_counts, expected_meta, load_meta, load_split, prepare
 from medmnist_pipeline.errors import PipelineError
@@ -16,22 +16,39 @@ from medmnist_pipeline.files import atomic_dir, md5sum
 
 
 def official(flag: str) -> DataParams:
-    return DataParams.model_validate({"flag": flag, "size": 28, "mirror": None,
-                                      "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
-                                      "custom": {"path": None, "task": None, "labels": None}})  # fmt: skip
+    return DataParams.model_validate(
+        {
+            "flag": flag,
+            "size": 28,
+            "mirror": None,
+            "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
+            "custom": {"path": None, "task": None, "labels": None},
+        }
+    )
 
 
 def custom(path: Path, task: str, labels: list[str], size: int = 28) -> DataParams:
-    return DataParams.model_validate({"flag": "custom", "size": size, "mirror": None,
-                                      "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
-                                      "custom": {"path": str(path), "task": task, "labels": labels}})  # fmt: skip
+    return DataParams.model_validate(
+        {
+            "flag": "custom",
+            "size": size,
+            "mirror": None,
+            "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
+            "custom": {"path": str(path), "task": task, "labels": labels},
+        }
+    )
 
 
-@pytest.mark.parametrize(("flag", "counts", "train_classes"), [
-    ("pneumoniamnist", {"train": 4708, "val": 524, "test": 624}, {"normal": 1214, "pneumonia": 3494}),
-    ("breastmnist", {"train": 546, "val": 78, "test": 156}, {"malignant": 147, "normal, benign": 399}),
-])  # fmt: skip
-def test_real_official_files_prepare_to_memory_maps(tmp_path: Path, flag: str, counts: dict, train_classes: dict) -> None:
+@pytest.mark.parametrize(
+    ("flag", "counts", "train_classes"),
+    [
+        ("pneumoniamnist", {"train": 4708, "val": 524, "test": 624}, {"normal": 1214, "pneumonia": 3494}),
+        ("breastmnist", {"train": 546, "val": 78, "test": 156}, {"malignant": 147, "normal, benign": 399}),
+    ],
+)
+def test_real_official_files_prepare_to_memory_maps(
+    tmp_path: Path, flag: str, counts: dict, train_classes: dict
+) -> None:
     source = shared_file(f"{flag}.npz")
     meta = prepare(source, expected_meta(official(flag), source, md5sum(source)), tmp_path)
     assert load_meta(tmp_path) == meta and meta.n_channels == 1 and meta.n_samples == counts
@@ -42,15 +59,19 @@ def test_real_official_files_prepare_to_memory_maps(tmp_path: Path, flag: str, c
         assert np.array_equal(images, npz["train_images"]) and np.array_equal(labels, npz["train_labels"])
 
 
-@pytest.mark.parametrize(("task", "labels", "channels", "size"), [
-    ("multi-class", ["a", "b", "c", "d"], 3, 28),
-    ("multi-label, binary-class", [f"l{i}" for i in range(14)], 1, 28),
-    ("ordinal-regression", ["0", "1", "2", "3", "4"], 3, 64),
-    ("binary-class", ["no", "yes"], 1, 128),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "labels", "channels", "size"),
+    [
+        ("multi-class", ["a", "b", "c", "d"], 3, 28),
+        ("multi-label, binary-class", [f"l{i}" for i in range(14)], 1, 28),
+        ("ordinal-regression", ["0", "1", "2", "3", "4"], 3, 64),
+        ("binary-class", ["no", "yes"], 1, 128),
+    ],
+)
 def test_custom_files_of_every_task_type(tmp_path: Path, task: str, labels: list, channels: int, size: int) -> None:
-    source = make_npz(tmp_path / "c.npz", task=task, n_labels=len(labels), channels=channels, size=size,
-                      counts=(30, 10, 10))  # fmt: skip
+    source = make_npz(
+        tmp_path / "c.npz", task=task, n_labels=len(labels), channels=channels, size=size, counts=(30, 10, 10)
+    )
     out = tmp_path / "prepared"
     out.mkdir()
     meta = prepare(source, expected_meta(custom(source, task, labels, size), source, md5sum(source)), out)
@@ -82,7 +103,7 @@ BAD_FILES = [
     ({"test_labels": np.zeros((10, 1), np.float64)}, "test_labels: dtype float64, expected integers"),
     ({"val_labels": np.zeros((10, 3), np.uint8)}, "val_labels: shape (10, 3), expected (N, 1)"),
     ({"test_images": np.zeros((10, 28, 28, 3), np.uint8)}, "test_images has 3 channels, the other splits 1"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("changes", "message"), BAD_FILES, ids=[m for _, m in BAD_FILES])

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import shared_file
 
+from helpers import shared_file
 from medmnist_pipeline import metadata
 from medmnist_pipeline.config import DataParams
 from medmnist_pipeline.data import download, fetch
@@ -125,11 +125,15 @@ def test_nothing_listening_names_the_url(tmp_path: Path) -> None:
 
 
 def data_params(mirror: Path | None = None, flag: str = "breastmnist") -> DataParams:
-    return DataParams.model_validate({
-        "flag": flag, "size": 28, "mirror": str(mirror) if mirror else None,
-        "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
-        "custom": {"path": None, "task": None, "labels": None},
-    })  # fmt: skip
+    return DataParams.model_validate(
+        {
+            "flag": flag,
+            "size": 28,
+            "mirror": str(mirror) if mirror else None,
+            "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
+            "custom": {"path": None, "task": None, "labels": None},
+        }
+    )
 
 
 @pytest.fixture

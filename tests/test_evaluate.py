@@ -12,28 +12,52 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_npz, params_error, write_params
-from test_training import prepare, tiny, use_custom
 
+from helpers import make_npz, params_error, write_params
 from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.evaluation import reference_rows
 from medmnist_pipeline.metadata import DATASETS
 from medmnist_pipeline.metrics import official_acc, official_auc
 from medmnist_pipeline.stages import baseline, evaluate, train, tune
 from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
+from test_training import prepare, tiny, use_custom
 
-FILES = ["metrics.json", "report.md", "comparison.csv", "per_class.csv", "seeds.csv", "learning_curves.csv",
-         "learning_curves.png", "size_curve.csv", "size_curve.png", "confusion.png", "auc_curves.png",
-         "reliability.png", "coverage.png", "worst_errors.png", "uncertain_correct.png"]  # fmt: skip
+FILES = [
+    "metrics.json",
+    "report.md",
+    "comparison.csv",
+    "per_class.csv",
+    "seeds.csv",
+    "learning_curves.csv",
+    "learning_curves.png",
+    "size_curve.csv",
+    "size_curve.png",
+    "confusion.png",
+    "auc_curves.png",
+    "reliability.png",
+    "coverage.png",
+    "worst_errors.png",
+    "uncertain_correct.png",
+]
 
 
 def evaluate_params(params: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     params = tiny(params)
-    params["tune"].update({"n_trials": 2, "timeout_s": None,
-                           "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0},
-                           "space": {"train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True}}})  # fmt: skip
-    params["evaluate"].update({"seeds": seeds, "learning_curve": {"fractions": [0.5, 1.0]},
-                               "bootstrap": {"resamples": 200, "confidence": 0.9}})  # fmt: skip
+    params["tune"].update(
+        {
+            "n_trials": 2,
+            "timeout_s": None,
+            "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0},
+            "space": {"train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True}},
+        }
+    )
+    params["evaluate"].update(
+        {
+            "seeds": seeds,
+            "learning_curve": {"fractions": [0.5, 1.0]},
+            "bootstrap": {"resamples": 200, "confidence": 0.9},
+        }
+    )
     return params
 
 
@@ -43,14 +67,18 @@ def run_upstream(workdir: Path, params: dict[str, Any]) -> None:
         stage.main("params.yaml")
 
 
-@pytest.mark.parametrize(("task", "labels", "seeds"), [
-    ("binary-class", ["benign", "malignant"], [1, 2]),
-    ("multi-class", ["a", "b", "c"], []),
-    ("multi-label, binary-class", ["x", "y", "z"], []),
-    ("ordinal-regression", ["0", "1", "2", "3"], []),
-])  # fmt: skip
-def test_evaluate_writes_every_file_for_every_task(workdir: Path, repo_params: dict, task: str, labels: list,
-                                                   seeds: list[int]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "labels", "seeds"),
+    [
+        ("binary-class", ["benign", "malignant"], [1, 2]),
+        ("multi-class", ["a", "b", "c"], []),
+        ("multi-label, binary-class", ["x", "y", "z"], []),
+        ("ordinal-regression", ["0", "1", "2", "3"], []),
+    ],
+)
+def test_evaluate_writes_every_file_for_every_task(
+    workdir: Path, repo_params: dict, task: str, labels: list, seeds: list[int]
+) -> None:
     source = make_npz(workdir / "data.npz", task=task, n_labels=len(labels), counts=(96, 48, 40))
     params = evaluate_params(repo_params, seeds)
     use_custom(params, source, task, labels)
@@ -99,8 +127,11 @@ def test_evaluate_writes_every_file_for_every_task(workdir: Path, repo_params: d
     per_class = pd.read_csv(out / "per_class.csv", dtype={"label": str})
     assert list(per_class["label"]) == labels and {"precision", "recall", "f1", "support"} <= set(per_class.columns)
 
-    evaluate_runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list",
-                                       filter_string="tags.stage = 'evaluate'")  # fmt: skip
+    evaluate_runs = mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]],
+        output_format="list",
+        filter_string="tags.stage = 'evaluate'",
+    )
     (parent,) = [r for r in evaluate_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in evaluate_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 1 + len(seeds)  # fraction 0.5 and one run per seed (1.0 is the tuned model itself)
@@ -141,8 +172,15 @@ def test_evaluate_is_reproducible_and_refuses_models_of_other_data(workdir: Path
 
 
 def test_reference_table_holds_the_benchmark_rows_of_every_2d_flag() -> None:
-    methods = {"ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn",
-               "AutoKeras", "Google AutoML Vision"}  # fmt: skip
+    methods = {
+        "ResNet-18 (28)",
+        "ResNet-18 (224)",
+        "ResNet-50 (28)",
+        "ResNet-50 (224)",
+        "auto-sklearn",
+        "AutoKeras",
+        "Google AutoML Vision",
+    }
     for flag in DATASETS:
         rows = reference_rows(flag)
         assert set(rows["method"]) == methods, flag
@@ -152,16 +190,22 @@ def test_reference_table_holds_the_benchmark_rows_of_every_2d_flag() -> None:
     assert reference_rows("custom").empty
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"seeds": [1, 1]}, "evaluate.seeds: [1, 1] repeats a seed"),
-    ({"learning_curve": {"fractions": [0.5]}}, "evaluate.learning_curve.fractions: a curve needs at least two"),
-    ({"learning_curve": {"fractions": [0.0, 1.0]}}, "evaluate.learning_curve.fractions[0]"),
-    ({"learning_curve": {"fractions": [0.5, 0.5]}}, "repeats a fraction"),
-    ({"bootstrap": {"resamples": 10, "confidence": 0.95}}, "evaluate.bootstrap.resamples"),
-    ({"bootstrap": {"resamples": 1000, "confidence": 95}}, "evaluate.bootstrap.confidence"),
-    ({"error_analysis": {"gallery": 0, "calibration_bins": 15}}, "evaluate.error_analysis.gallery"),
-    ({"error_analysis": {"gallery": 12, "calibration_bin": 15}}, "evaluate.error_analysis.calibration_bin: unknown key"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seeds": [1, 1]}, "evaluate.seeds: [1, 1] repeats a seed"),
+        ({"learning_curve": {"fractions": [0.5]}}, "evaluate.learning_curve.fractions: a curve needs at least two"),
+        ({"learning_curve": {"fractions": [0.0, 1.0]}}, "evaluate.learning_curve.fractions[0]"),
+        ({"learning_curve": {"fractions": [0.5, 0.5]}}, "repeats a fraction"),
+        ({"bootstrap": {"resamples": 10, "confidence": 0.95}}, "evaluate.bootstrap.resamples"),
+        ({"bootstrap": {"resamples": 1000, "confidence": 95}}, "evaluate.bootstrap.confidence"),
+        ({"error_analysis": {"gallery": 0, "calibration_bins": 15}}, "evaluate.error_analysis.gallery"),
+        (
+            {"error_analysis": {"gallery": 12, "calibration_bin": 15}},
+            "evaluate.error_analysis.calibration_bin: unknown key",
+        ),
+    ],
+)
 def test_bad_evaluate_params(tmp_path: Path, repo_params: dict, change: dict, message: str) -> None:
     repo_params["evaluate"].update(change)
     assert message in params_error(tmp_path / "params.yaml", repo_params)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import shared_file
 
+from helpers import shared_file
 from medmnist_pipeline.files import md5sum
 from medmnist_pipeline.metadata import DATASETS, SIZES, TASKS
 
@@ -19,7 +19,9 @@ def test_the_twelve_2d_datasets_at_four_sizes() -> None:
 
 
 def test_table_equals_medmnist_info() -> None:
-    info_module = pytest.importorskip("medmnist.info", reason="medmnist not installed (pip install --no-deps medmnist==3.0.2)")
+    info_module = pytest.importorskip(
+        "medmnist.info", reason="medmnist not installed (pip install --no-deps medmnist==3.0.2)"
+    )
     official = {flag: i for flag, i in info_module.INFO.items() if not flag.endswith("3d")}
     assert set(official) == set(DATASETS)
     for flag, i in official.items():

@@ -55,13 +55,15 @@ def test_binary_ties_and_threshold_by_hand() -> None:
 
 def test_multi_class_by_hand() -> None:
     y = np.array([0, 1, 2, 2, 1])
-    s = np.array([
-        [0.7, 0.2, 0.1],  # argmax 0, right
-        [0.3, 0.4, 0.3],  # 1, right
-        [0.2, 0.5, 0.3],  # 1, wrong (2)
-        [0.1, 0.1, 0.8],  # 2, right
-        [0.5, 0.3, 0.2],  # 0, wrong (1)
-    ])  # fmt: skip
+    s = np.array(
+        [
+            [0.7, 0.2, 0.1],  # argmax 0, right
+            [0.3, 0.4, 0.3],  # 1, right
+            [0.2, 0.5, 0.3],  # 1, wrong (2)
+            [0.1, 0.1, 0.8],  # 2, right
+            [0.5, 0.3, 0.2],  # 0, wrong (1)
+        ]
+    )
     # ACC = 3/5
     assert official_acc(y, s, "multi-class") == pytest.approx(0.6, abs=1e-15)
     # one-vs-rest AUCs:
@@ -74,12 +76,14 @@ def test_multi_class_by_hand() -> None:
 
 def test_ordinal_regression_is_scored_as_multi_class_by_hand() -> None:
     y = np.array([[0], [1], [2], [2]])
-    s = np.array([
-        [0.6, 0.0, 0.4],  # argmax 0, right (an expected value, 0.8, would round to 1: the benchmark uses argmax)
-        [0.2, 0.6, 0.2],  # 1, right
-        [0.1, 0.2, 0.7],  # 2, right
-        [0.4, 0.3, 0.3],  # 0, wrong
-    ])  # fmt: skip
+    s = np.array(
+        [
+            [0.6, 0.0, 0.4],  # argmax 0, right (an expected value, 0.8, would round to 1: the benchmark uses argmax)
+            [0.2, 0.6, 0.2],  # 1, right
+            [0.1, 0.2, 0.7],  # 2, right
+            [0.4, 0.3, 0.3],  # 0, wrong
+        ]
+    )
     # ACC = 3/4
     assert official_acc(y, s, "ordinal-regression") == 0.75
     #   class 0: pos {0.6} vs neg {0.2, 0.1, 0.4}: 1
@@ -201,12 +205,15 @@ def test_official_metrics_auc_is_nan_for_one_class() -> None:
     assert torch.isnan(result["auc"])
 
 
-@pytest.mark.parametrize(("task", "y", "s"), [
-    ("binary-class", np.array([[1], [1], [1]]), binary_scores([0.2, 0.6, 0.9])),
-    ("multi-class", np.array([0, 0, 2]), np.full((3, 3), 1 / 3)),  # class 1 absent
-    ("ordinal-regression", np.array([2, 2, 2]), np.full((3, 3), 1 / 3)),
-    ("multi-label, binary-class", np.array([[0, 1], [1, 1]]), np.array([[0.2, 0.9], [0.8, 0.6]])),  # label 1 all 1
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "y", "s"),
+    [
+        ("binary-class", np.array([[1], [1], [1]]), binary_scores([0.2, 0.6, 0.9])),
+        ("multi-class", np.array([0, 0, 2]), np.full((3, 3), 1 / 3)),  # class 1 absent
+        ("ordinal-regression", np.array([2, 2, 2]), np.full((3, 3), 1 / 3)),
+        ("multi-label, binary-class", np.array([[0, 1], [1, 1]]), np.array([[0.2, 0.9], [0.8, 0.6]])),  # label 1 all 1
+    ],
+)
 def test_auc_is_nan_when_undefined(task: str, y: np.ndarray, s: np.ndarray) -> None:
     assert math.isnan(official_auc(y, s, task))
     assert not math.isnan(official_acc(y, s, task))

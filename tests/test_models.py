@@ -29,8 +29,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "options", "size", "channels"), CASES,
-                         ids=[f"{n}-{o.get('stem', '')}-{s}px-{c}ch" for n, o, s, c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "options", "size", "channels"), CASES, ids=[f"{n}-{o.get('stem', '')}-{s}px-{c}ch" for n, o, s, c in CASES]
+)
 def test_every_model_maps_images_to_outputs(name: str, options: dict, size: int, channels: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, channels, 5, size, **options)
@@ -71,8 +72,9 @@ def test_logreg_is_one_linear_map_of_the_pixels() -> None:
     assert sum(p.numel() for p in model.parameters()) == 3 * 28 * 28 * 7 + 7
 
 
-@pytest.mark.parametrize(("name", "options"),
-                         [("logreg", {}), ("convnet", SMALL_CONVNET), ("resnet18", {"stem": "cifar"})])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "options"), [("logreg", {}), ("convnet", SMALL_CONVNET), ("resnet18", {"stem": "cifar"})]
+)
 def test_replace_head_keeps_the_backbone(name: str, options: dict) -> None:
     model = build_model(name, 1, 3, 28, **options).double()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -87,14 +89,22 @@ def test_replace_head_keeps_the_backbone(name: str, options: dict) -> None:
     assert {k for k in model.state_dict() if k.startswith("head.")} == {"head.weight", "head.bias"}
 
 
-@pytest.mark.parametrize(("make", "expected"), [
-    (lambda: LogReg(1, 28, 2), 0),
-    # 2 per conv block x 2 blocks + 1 in the FC layer
-    (lambda: ConvNet(1, 2, filters=4, kernel_size=3, convs_per_block=2, blocks=2, fc_layers=1, fc_width=8,
-                     dropout=0.0), 5),
-    (lambda: ResNet(18, 1, 2, "cifar"), 1 + 8 * 2),  # stem + 8 basic blocks x 2
-    (lambda: ResNet(50, 1, 2, "imagenet"), 1 + 16 * 3),  # stem + 16 bottlenecks x 3
-], ids=["logreg", "convnet", "resnet18", "resnet50"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: LogReg(1, 28, 2), 0),
+        # 2 per conv block x 2 blocks + 1 in the FC layer
+        (
+            lambda: ConvNet(
+                1, 2, filters=4, kernel_size=3, convs_per_block=2, blocks=2, fc_layers=1, fc_width=8, dropout=0.0
+            ),
+            5,
+        ),
+        (lambda: ResNet(18, 1, 2, "cifar"), 1 + 8 * 2),  # stem + 8 basic blocks x 2
+        (lambda: ResNet(50, 1, 2, "imagenet"), 1 + 16 * 3),  # stem + 16 bottlenecks x 3
+    ],
+    ids=["logreg", "convnet", "resnet18", "resnet50"],
+)
 def test_relu_modules_finds_every_relu_and_each_fires_once(make: Callable[[], nn.Module], expected: int) -> None:
     model = make()
     relus = relu_modules(model)
@@ -130,11 +140,19 @@ def test_resnet_state_dict_uses_torchvision_names() -> None:
     keys18 = ResNet(18, 3, 1000, "imagenet").state_dict().keys()
     keys50 = ResNet(50, 3, 1000, "imagenet").state_dict().keys()
     assert (len(keys18), len(keys50)) == (122, 320)  # torchvision's resnet18/50 state_dict sizes
-    for key in ("backbone.conv1.weight", "backbone.bn1.running_var", "backbone.layer2.0.downsample.0.weight",
-                "backbone.layer4.1.bn2.num_batches_tracked", "head.weight"):  # fmt: skip
+    for key in (
+        "backbone.conv1.weight",
+        "backbone.bn1.running_var",
+        "backbone.layer2.0.downsample.0.weight",
+        "backbone.layer4.1.bn2.num_batches_tracked",
+        "head.weight",
+    ):
         assert key in keys18
-    for key in ("backbone.layer1.0.downsample.1.weight", "backbone.layer3.5.conv3.weight",
-                "backbone.layer4.2.bn3.bias"):  # fmt: skip
+    for key in (
+        "backbone.layer1.0.downsample.1.weight",
+        "backbone.layer3.5.conv3.weight",
+        "backbone.layer4.2.bn3.bias",
+    ):
         assert key in keys50
 
 
@@ -158,17 +176,20 @@ def test_resnet_initialisation_is_torchvisions() -> None:
     assert all(torch.all(bn.weight == 1) and torch.all(bn.bias == 0) for bn in bns)
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("vgg16", {}, "unknown model"),
-    ("logreg", {"stem": "cifar"}, "unexpected"),
-    ("convnet", {k: v for k, v in SMALL_CONVNET.items() if k != "dropout"}, "missing"),
-    ("convnet", dict(SMALL_CONVNET, stem="cifar"), "unexpected"),
-    ("convnet", dict(SMALL_CONVNET, kernel_size=4), "odd"),
-    ("convnet", dict(SMALL_CONVNET, dropout=1.0), "dropout"),
-    ("resnet18", {}, "missing"),
-    ("resnet50", {"stem": "cifar", "filters": 4}, "unexpected"),
-    ("resnet18", {"stem": "vit"}, "stem"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("vgg16", {}, "unknown model"),
+        ("logreg", {"stem": "cifar"}, "unexpected"),
+        ("convnet", {k: v for k, v in SMALL_CONVNET.items() if k != "dropout"}, "missing"),
+        ("convnet", dict(SMALL_CONVNET, stem="cifar"), "unexpected"),
+        ("convnet", dict(SMALL_CONVNET, kernel_size=4), "odd"),
+        ("convnet", dict(SMALL_CONVNET, dropout=1.0), "dropout"),
+        ("resnet18", {}, "missing"),
+        ("resnet50", {"stem": "cifar", "filters": 4}, "unexpected"),
+        ("resnet18", {"stem": "vit"}, "stem"),
+    ],
+)
 def test_bad_names_and_options_raise_value_error(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_model(name, 1, 2, 28, **options)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from helpers import REPO, shared_file, write_params
 
 pytestmark = pytest.mark.e2e
@@ -75,10 +76,12 @@ def tiny_pipeline(params: dict) -> dict:
     for section in ("baseline", "train"):
         params[section].update({"max_epochs": 2, "early_stopping_patience": 0})
     params["train"]["model"].update({"filters": 8, "blocks": 2, "fc_width": 16})
-    params["tune"].update({"n_trials": 2, "timeout_s": None,
-                           "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0}})  # fmt: skip
-    params["evaluate"].update({"bootstrap": {"resamples": 200, "confidence": 0.95}, "seeds": [],
-                               "learning_curve": {"fractions": [0.5, 1.0]}})  # fmt: skip
+    params["tune"].update(
+        {"n_trials": 2, "timeout_s": None, "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0}}
+    )
+    params["evaluate"].update(
+        {"bootstrap": {"resamples": 200, "confidence": 0.95}, "seeds": [], "learning_curve": {"fractions": [0.5, 1.0]}}
+    )
     return params
 
 
@@ -106,9 +109,17 @@ def ran(output: str) -> list[str]:
 
 
 def set_param(project: Path, env: dict[str, str], key: str, value: str) -> None:
-    sh(sys.executable, "-c", "import sys, yaml; p = yaml.safe_load(open('params.yaml')); section, *path, leaf = "
-       "sys.argv[1].split('.'); d = p[section]\nfor k in path: d = d[k]\nd[leaf] = yaml.safe_load(sys.argv[2]); "
-       "yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)", key, value, cwd=project, env=env)  # fmt: skip
+    sh(
+        sys.executable,
+        "-c",
+        "import sys, yaml; p = yaml.safe_load(open('params.yaml')); section, *path, leaf = "
+        "sys.argv[1].split('.'); d = p[section]\nfor k in path: d = d[k]\nd[leaf] = yaml.safe_load(sys.argv[2]); "
+        "yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)",
+        key,
+        value,
+        cwd=project,
+        env=env,
+    )
 
 
 def commit(project: Path, env: dict[str, str], message: str) -> None:
@@ -119,9 +130,18 @@ def commit(project: Path, env: dict[str, str], message: str) -> None:
 def test_first_repro_runs_every_stage_and_only_evaluate_reads_test(pipeline) -> None:
     project, env, log = pipeline
     assert ran((project / "first_repro.log").read_text()) == STAGES
-    for output in ("data/raw/breastmnist.npz", "data/augmented/train_images.npy", "reports/augment/preview.png",
-                   "models/baseline.ckpt", "models/cnn.ckpt", "models/tuned.ckpt", "reports/tune/trials.csv",
-                   "reports/evaluate/metrics.json", "reports/evaluate/report.md", "reports/evaluate/size_curve.png"):
+    for output in (
+        "data/raw/breastmnist.npz",
+        "data/augmented/train_images.npy",
+        "reports/augment/preview.png",
+        "models/baseline.ckpt",
+        "models/cnn.ckpt",
+        "models/tuned.ckpt",
+        "reports/tune/trials.csv",
+        "reports/evaluate/metrics.json",
+        "reports/evaluate/report.md",
+        "reports/evaluate/size_curve.png",
+    ):
         assert (project / output).is_file(), output
     runs = tracked_runs(project)
     assert {r.data.tags["stage"] for r in runs} == set(STAGES)
@@ -184,8 +204,11 @@ def test_queued_experiments_land_in_the_project_store(pipeline) -> None:
         time.sleep(3)
     assert status.count("Success") == 2, status
     runs = tracked_runs(project)
-    evaluate_runs = [r for r in runs if r.data.tags["stage"] == "evaluate" and
-                     r.data.params.get("evaluate.bootstrap.resamples") in ("300", "400")]  # fmt: skip
+    evaluate_runs = [
+        r
+        for r in runs
+        if r.data.tags["stage"] == "evaluate" and r.data.params.get("evaluate.bootstrap.resamples") in ("300", "400")
+    ]
     assert len(evaluate_runs) == 2 and len(runs) > before
     assert all(r.data.tags.get("dvc.exp_name") for r in evaluate_runs)
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing stranded in the temp copies

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO, make_npz, write_params
 from PIL import Image
-from test_training import prepare, tiny, use_custom
 
+from helpers import REPO, make_npz, write_params
 from medmnist_pipeline import cli
 from medmnist_pipeline.predict import tracking_store
 from medmnist_pipeline.training import MODEL_FORMAT, load_exported, network, network_from_export, predict_scores
+from test_training import prepare, tiny, use_custom
 
 LABELS = ["a", "b", "c"]
 MULTI_LABEL = "multi-label, binary-class"
@@ -34,16 +34,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> dict
     """A grey 28 px multi-class convnet trained by the train stage (2 epochs, 96 images), and its MLflow run."""
     root = tmp_path_factory.mktemp("project")
     params = tiny(yaml.safe_load((REPO / "params.yaml").read_text()))
-    use_custom(params, make_npz(root / "data.npz", task="multi-class", n_labels=3, counts=(96, 32, 12)),
-               "multi-class", LABELS)  # fmt: skip
+    use_custom(
+        params, make_npz(root / "data.npz", task="multi-class", n_labels=3, counts=(96, 32, 12)), "multi-class", LABELS
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         prepare(root, params)
         from medmnist_pipeline.stages import train
 
         train.main("params.yaml")
-    (run,) = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list",
-                                filter_string="tags.stage = 'train'")  # fmt: skip
+    (run,) = mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]], output_format="list", filter_string="tags.stage = 'train'"
+    )
     return {"root": root, "model": root / "models/cnn.ckpt", "run_id": run.info.run_id, "data": root / "data.npz"}
 
 
@@ -52,17 +54,38 @@ def rgb_multilabel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained) RGB 32 px multi-label convnet in the exported-model format, with a bias that makes the
     first label certain and the last impossible, so the ';'-joined prediction is known."""
     torch.manual_seed(0)
-    model = {"name": "convnet", "filters": 4, "kernel_size": 3, "convs_per_block": 1, "blocks": 1, "fc_layers": 0,
-             "fc_width": 8, "dropout": 0.0}  # fmt: skip
+    model = {
+        "name": "convnet",
+        "filters": 4,
+        "kernel_size": 3,
+        "convs_per_block": 1,
+        "blocks": 1,
+        "fc_layers": 0,
+        "fc_width": 8,
+        "dropout": 0.0,
+    }
     net = network(model, 3, 4, 32)
     last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(0.01)
         last.bias.copy_(torch.tensor([20.0, 0.0, 0.0, -20.0]))
     path = tmp_path_factory.mktemp("rgb") / "rgb.ckpt"
-    torch.save({"format": MODEL_FORMAT, "state_dict": net.state_dict(), "model": model, "task": MULTI_LABEL,
-                "labels": ["w", "x", "y", "z"], "in_channels": 3, "image_size": 32, "dataset": {"flag": "custom"},
-                "val": {}, "history": [], "mlflow_run_id": None}, path)  # fmt: skip
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "state_dict": net.state_dict(),
+            "model": model,
+            "task": MULTI_LABEL,
+            "labels": ["w", "x", "y", "z"],
+            "in_channels": 3,
+            "image_size": 32,
+            "dataset": {"flag": "custom"},
+            "val": {},
+            "history": [],
+            "mlflow_run_id": None,
+        },
+        path,
+    )
     return path
 
 
@@ -179,8 +202,9 @@ def test_npz_inputs(trained: dict, tmp_path: Path, capsys) -> None:
     assert "resized 4 of 4" in err and "converted 4 of 4 colour images" in err
 
 
-def test_multi_label_rgb_model_joins_labels_and_repeats_grey_channels(rgb_multilabel: Path, tmp_path: Path,
-                                                                     capsys) -> None:  # fmt: skip
+def test_multi_label_rgb_model_joins_labels_and_repeats_grey_channels(
+    rgb_multilabel: Path, tmp_path: Path, capsys
+) -> None:
     grey = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8))
     grey.save(tmp_path / "grey.png")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8) + 90).save(tmp_path / "rgb.jpg")
@@ -192,8 +216,9 @@ def test_multi_label_rgb_model_joins_labels_and_repeats_grey_channels(rgb_multil
     for row, probs in zip(body, p, strict=True):
         assert row[1] == ";".join(label for label, v in zip("wxyz", probs, strict=True) if v > 0.5)
         assert row[1].startswith("w") and "z" not in row[1]
-    expected = expected_scores(rgb_multilabel, [as_model_input(grey, "RGB", 32),
-                                                as_model_input(Image.open(tmp_path / "rgb.jpg"), "RGB", 32)])  # fmt: skip
+    expected = expected_scores(
+        rgb_multilabel, [as_model_input(grey, "RGB", 32), as_model_input(Image.open(tmp_path / "rgb.jpg"), "RGB", 32)]
+    )
     np.testing.assert_allclose(p, expected, atol=2e-6)
     assert "repeated 1 of 2 greyscale images on 3 channels" in err and "resized 1 of 2" in err
 
@@ -282,9 +307,11 @@ def test_clear_errors_exit_1_without_output(trained: dict, tmp_path: Path, capsy
     image = tmp_path / "full.png"
     (tmp_path / "model.txt").write_text("weights? no")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    for model, message in [(tmp_path / "absent.ckpt", "absent.ckpt: no such model file"),
-                           (tmp_path / "model.txt", "model.txt: not a model file of this project"),
-                           (tmp_path / "other.pt", "other.pt: not a model file of this project")]:  # fmt: skip
+    for model, message in [
+        (tmp_path / "absent.ckpt", "absent.ckpt: no such model file"),
+        (tmp_path / "model.txt", "model.txt: not a model file of this project"),
+        (tmp_path / "other.pt", "other.pt: not a model file of this project"),
+    ]:
         code, out, err = predict(capsys, "--model", model, image)
         assert (code, out) == (1, "") and message in err, err
 

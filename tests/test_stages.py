@@ -11,14 +11,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from helpers import make_npz, shared_file, write_params
 
+from helpers import make_npz, shared_file, write_params
 from medmnist_pipeline.stages import augment, download
 
 
 def runs_of(experiment: str, stage: str) -> list:
-    found = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.stage = '{stage}'",
-                               output_format="list")  # fmt: skip
+    found = mlflow.search_runs(
+        experiment_names=[experiment], filter_string=f"tags.stage = '{stage}'", output_format="list"
+    )
     return found
 
 
@@ -58,8 +59,11 @@ def test_download_and_augment_write_outputs_and_runs(workdir: Path, repo_params:
 def test_custom_multilabel_data_without_augmentation(workdir: Path, repo_params: dict) -> None:
     source = make_npz(workdir / "mine.npz", task="multi-label, binary-class", n_labels=14, counts=(40, 10, 10))
     repo_params["data"]["flag"] = "custom"
-    repo_params["data"]["custom"] = {"path": str(source), "task": "multi-label, binary-class",
-                                     "labels": [f"finding {i}" for i in range(14)]}  # fmt: skip
+    repo_params["data"]["custom"] = {
+        "path": str(source),
+        "task": "multi-label, binary-class",
+        "labels": [f"finding {i}" for i in range(14)],
+    }
     repo_params["augment"]["copies"] = 0
     repo_params["tracking"]["experiment"] = f"test-{uuid.uuid4().hex[:8]}"
     write_params(workdir / "params.yaml", repo_params)
@@ -83,8 +87,14 @@ def test_a_failing_stage_leaves_no_output_and_a_failed_run(workdir: Path, repo_p
     # The official URL through a proxy on a closed loopback port: the download fails at once, nothing leaves
     # this machine.
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "medmnist_pipeline", "download"], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "medmnist_pipeline", "download"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "could not download https://zenodo.org/records/10519652/files/pneumoniamnist.npz" in result.stderr
     assert "Traceback" not in result.stderr
@@ -94,9 +104,12 @@ def test_a_failing_stage_leaves_no_output_and_a_failed_run(workdir: Path, repo_p
 
 
 def test_help_is_instant_because_nothing_heavy_is_imported() -> None:
-    code = ("import sys\nfrom medmnist_pipeline import cli\ntry:\n    cli.main(['download', '--help'])\n"
-            "except SystemExit:\n    pass\nheavy = ['torch', 'lightning', 'mlflow', 'albumentations', 'pydantic', 'numpy']\n"
-            "print(sorted(m for m in heavy if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys\nfrom medmnist_pipeline import cli\ntry:\n    cli.main(['download', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ['torch', 'lightning', 'mlflow', 'albumentations', 'pydantic', 'numpy']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("[]"), result.stdout
     assert "--params PARAMS" in result.stdout

@@ -18,22 +18,30 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_npz, shared_file, write_params
 
+from helpers import make_npz, shared_file, write_params
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metrics import official_acc, official_auc
 from medmnist_pipeline.stages import augment, baseline, download, train
 from medmnist_pipeline.training import (
     LossGuard,
+    as_tensors,
     build_optimization,
     load_exported,
     network_from_export,
     predict_scores,
-    as_tensors,
 )
 
-TINY_CONVNET = {"name": "convnet", "filters": 8, "kernel_size": 3, "convs_per_block": 1, "blocks": 2,
-                "fc_layers": 1, "fc_width": 16, "dropout": 0.1}  # fmt: skip
+TINY_CONVNET = {
+    "name": "convnet",
+    "filters": 8,
+    "kernel_size": 3,
+    "convs_per_block": 1,
+    "blocks": 2,
+    "fc_layers": 1,
+    "fc_width": 16,
+    "dropout": 0.1,
+}
 
 
 def tiny(params: dict[str, Any], epochs: int = 2, copies: int = 1) -> dict[str, Any]:
@@ -61,8 +69,11 @@ def prepare(workdir: Path, params: dict[str, Any]) -> None:
 
 
 def runs(params: dict[str, Any], stage: str) -> list:
-    return mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]],
-                              filter_string=f"tags.stage = '{stage}'", output_format="list")  # fmt: skip
+    return mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]],
+        filter_string=f"tags.stage = '{stage}'",
+        output_format="list",
+    )
 
 
 TASKS = [
@@ -106,11 +117,16 @@ def test_train_stage_on_every_task_type(workdir: Path, repo_params: dict, task: 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "train"} <= artifacts
     # MLflow 3 keeps models as LoggedModel entities linked to their run
-    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                           filter_string=f"source_run_id = '{run.info.run_id}'")  # fmt: skip
-    probabilities = mlflow.pyfunc.load_model(model.model_uri).predict(val_x[:3, None].astype(np.float32)) \
-        if val_x.ndim == 3 else mlflow.pyfunc.load_model(model.model_uri).predict(
-            val_x[:3].transpose(0, 3, 1, 2).astype(np.float32))  # fmt: skip
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    probabilities = (
+        mlflow.pyfunc.load_model(model.model_uri).predict(val_x[:3, None].astype(np.float32))
+        if val_x.ndim == 3
+        else mlflow.pyfunc.load_model(model.model_uri).predict(val_x[:3].transpose(0, 3, 1, 2).astype(np.float32))
+    )
     np.testing.assert_allclose(probabilities, scores[:3], atol=1e-5)
 
 
@@ -133,8 +149,13 @@ def test_same_params_same_metrics_and_the_baseline(workdir: Path, repo_params: d
 
 
 def start_train_cli(workdir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "medmnist_pipeline", "train"], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "medmnist_pipeline", "train"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_train_cli(workdir: Path) -> str:
@@ -205,8 +226,11 @@ def test_divergence_stops_with_advice_and_no_model(workdir: Path, repo_params: d
     params["train"]["model"]["name"] = "logreg"
     use_custom(params, source, "binary-class", ["no", "yes"])
     prepare(workdir, params)
-    with pytest.raises(PipelineError, match=r"(diverged in epoch \d+.*Lower the learning rate \(optimizer.lr is 10;"
-                                            r" try 1\))|(loss exploded in epoch)"):  # fmt: skip
+    with pytest.raises(
+        PipelineError,
+        match=r"(diverged in epoch \d+.*Lower the learning rate \(optimizer.lr is 10;"
+        r" try 1\))|(loss exploded in epoch)",
+    ):
         train.main("params.yaml")
     assert not (workdir / "models/cnn.ckpt").exists()
     (run,) = runs(params, "train")
@@ -253,11 +277,14 @@ def test_schedules() -> None:
     assert lrs({"name": "none"}) == [1.0] * 40
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"precision": "16-mixed", "accelerator": "cpu"}, "16-mixed needs a GPU"),
-    ({"accelerator": "gpu"}, "this machine has 0 CUDA device"),
-    ({"devices": 2, "accelerator": "cpu"}, "choose ddp, ddp_spawn or ddp_fork"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"precision": "16-mixed", "accelerator": "cpu"}, "16-mixed needs a GPU"),
+        ({"accelerator": "gpu"}, "this machine has 0 CUDA device"),
+        ({"devices": 2, "accelerator": "cpu"}, "choose ddp, ddp_spawn or ddp_fork"),
+    ],
+)
 def test_impossible_trainer_settings_fail_clearly(workdir: Path, repo_params: dict, change: dict, message: str):
     if change.get("accelerator") == "gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

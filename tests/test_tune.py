@@ -16,27 +16,32 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from helpers import make_npz, params_error, write_params
 from optuna.trial import TrialState
-from test_training import prepare, tiny, use_custom
 
+from helpers import make_npz, params_error, write_params
 from medmnist_pipeline.config import TrainParams, load_params, validate
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.stages import tune
 from medmnist_pipeline.training import load_exported
 from medmnist_pipeline.tuning import open_study
+from test_training import prepare, tiny, use_custom
 
 
 def tune_params(params: dict[str, Any], n_trials: int = 4, epochs: int = 3) -> dict[str, Any]:
     params = tiny(params)
-    params["tune"].update({
-        "n_trials": n_trials, "timeout_s": None,
-        "pruner": {"name": "median", "startup_trials": 1, "warmup_epochs": 0},
-        "fixed": {"train.max_epochs": epochs, "train.early_stopping_patience": 0},
-        "space": {"train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True},
-                  "train.model.filters": {"categorical": [8, 16]}},
-    })  # fmt: skip
+    params["tune"].update(
+        {
+            "n_trials": n_trials,
+            "timeout_s": None,
+            "pruner": {"name": "median", "startup_trials": 1, "warmup_epochs": 0},
+            "fixed": {"train.max_epochs": epochs, "train.early_stopping_patience": 0},
+            "space": {
+                "train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True},
+                "train.model.filters": {"categorical": [8, 16]},
+            },
+        }
+    )
     return params
 
 
@@ -55,8 +60,11 @@ def study_of(workdir: Path) -> optuna.Study:
 
 
 def child_runs(params: dict, parent_id: str) -> list:
-    return mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")  # fmt: skip
+    return mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]],
+        output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    )
 
 
 def test_tune_writes_outputs_and_nests_trial_runs(project: tuple[Path, dict]) -> None:
@@ -75,8 +83,11 @@ def test_tune_writes_outputs_and_nests_trial_runs(project: tuple[Path, dict]) ->
     for plot in ("optimization_history", "parallel_coordinate", "slice"):
         assert (workdir / f"reports/tune/{plot}.png").stat().st_size > 1000
 
-    (parent,) = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list",
-                                   filter_string="tags.stage = 'tune' and attributes.run_name = 'tune'")  # fmt: skip
+    (parent,) = mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]],
+        output_format="list",
+        filter_string="tags.stage = 'tune' and attributes.run_name = 'tune'",
+    )
     assert parent.info.status == "FINISHED" and parent.data.metrics["best/value"] == metrics["best"]["val/auc"]
     children = child_runs(params, parent.info.run_id)
     assert len(children) == 4
@@ -108,17 +119,25 @@ def test_rerun_resumes_the_same_study_and_a_changed_search_starts_a_new_one(proj
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(project: tuple[Path, dict]) -> None:
     workdir, params = project
-    params["tune"].update({"sampler": "grid", "n_trials": 2,
-                           "fixed": {"train.max_epochs": 2, "train.schedule.warmup_epochs": 1},
-                           "space": {"train.schedule.name": {"categorical": ["cosine", "onecycle"]}}})  # fmt: skip
+    params["tune"].update(
+        {
+            "sampler": "grid",
+            "n_trials": 2,
+            "fixed": {"train.max_epochs": 2, "train.schedule.warmup_epochs": 1},
+            "space": {"train.schedule.name": {"categorical": ["cosine", "onecycle"]}},
+        }
+    )
     write_params(workdir / "params.yaml", params)
     tune.main("params.yaml")
     trials = pd.read_csv(workdir / "reports/tune/trials.csv")
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) == 1 and failed["train.schedule.name"].item() == "onecycle"
     assert "train.schedule.warmup_epochs: must be 0 with train.schedule.name: onecycle" in failed["fail_reason"].item()
-    (run,) = [r for r in mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list")
-              if r.info.status == "FAILED"]  # fmt: skip
+    (run,) = [
+        r
+        for r in mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]], output_format="list")
+        if r.info.status == "FAILED"
+    ]
     assert "warmup_epochs" in run.data.tags["fail_reason"]
 
     params["tune"]["space"] = {"train.schedule.name": {"categorical": ["onecycle"]}}  # nothing can complete
@@ -128,8 +147,13 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(project: tuple[Path, d
 
 
 def run_cli(workdir: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "medmnist_pipeline", "tune", *args], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "medmnist_pipeline", "tune", *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -152,8 +176,12 @@ def test_sigkill_loses_no_completed_trial(project: tuple[Path, dict]) -> None:
     params["tune"]["fixed"]["train.max_epochs"] = 6
     write_params(workdir / "params.yaml", params)
     process = run_cli(workdir)
-    wait_for(lambda: len(study_of(workdir).get_trials(states=(TrialState.COMPLETE,))) >= 1
-             and study_of(workdir).get_trials(states=(TrialState.RUNNING,)))  # fmt: skip
+    wait_for(
+        lambda: (
+            len(study_of(workdir).get_trials(states=(TrialState.COMPLETE,))) >= 1
+            and study_of(workdir).get_trials(states=(TrialState.RUNNING,))
+        )
+    )
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {t.number: t.value for t in study_of(workdir).get_trials(states=(TrialState.COMPLETE,))}
@@ -191,36 +219,44 @@ def test_two_workers_share_one_study(project: tuple[Path, dict]) -> None:
 def test_a_two_process_ddp_trial(project: tuple[Path, dict], tmp_path: Path) -> None:
     workdir, params = project
     params["tune"].update({"n_trials": 1, "storage": f"sqlite:///{tmp_path / 'optuna.db'}"})
-    params["tune"]["fixed"].update({"train.trainer.devices": 2, "train.trainer.strategy": "ddp_fork",
-                                    "train.trainer.deterministic": False})  # fmt: skip
+    params["tune"]["fixed"].update(
+        {"train.trainer.devices": 2, "train.trainer.strategy": "ddp_fork", "train.trainer.deterministic": False}
+    )
     write_params(workdir / "params.yaml", params)
     tune.main("params.yaml")
     (trial,) = study_of(workdir).trials
     assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 3
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"space": {"train.optimizer.lrr": {"float": [0.1, 0.2]}}}, "no key 'lrr' there (allowed: name, lr,"),
-    ({"space": {"train.optimizer": {"float": [0.1, 0.2]}}}, "names a whole section"),
-    ({"space": {"optimizer.lr": {"float": [0.1, 0.2]}}}, "must be a path in the train section"),
-    ({"space": {"train.optimizer.lr": {"float": [0.2, 0.1]}}}, "low must be below high"),
-    ({"space": {"train.optimizer.lr": {"float": [0.0, 0.1], "log": True}}}, "log: true needs"),
-    ({"space": {"train.optimizer.lr": {"float": [0.1, 0.2], "int": [1, 2]}}}, "give exactly one of"),
-    ({"sampler": "grid"}, "tune.sampler: grid needs categorical dimensions only"),
-    ({"direction": "minimize"}, "tune.direction: val/auc should be maximized"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"space": {"train.optimizer.lrr": {"float": [0.1, 0.2]}}}, "no key 'lrr' there (allowed: name, lr,"),
+        ({"space": {"train.optimizer": {"float": [0.1, 0.2]}}}, "names a whole section"),
+        ({"space": {"optimizer.lr": {"float": [0.1, 0.2]}}}, "must be a path in the train section"),
+        ({"space": {"train.optimizer.lr": {"float": [0.2, 0.1]}}}, "low must be below high"),
+        ({"space": {"train.optimizer.lr": {"float": [0.0, 0.1], "log": True}}}, "log: true needs"),
+        ({"space": {"train.optimizer.lr": {"float": [0.1, 0.2], "int": [1, 2]}}}, "give exactly one of"),
+        ({"sampler": "grid"}, "tune.sampler: grid needs categorical dimensions only"),
+        ({"direction": "minimize"}, "tune.direction: val/auc should be maximized"),
+    ],
+)
 def test_bad_tune_params(tmp_path: Path, repo_params: dict, change: dict, message: str) -> None:
     repo_params["tune"].update(change)
     error = params_error(tmp_path / "params.yaml", repo_params)
     assert message in error and "tune." in error
 
 
-@pytest.mark.parametrize(("fixed", "message"), [
-    ({"train.trainer.devices": 2, "train.trainer.strategy": "ddp"}, "trials cannot use train.trainer.strategy ddp"),
-    ({"train.trainer.devices": 2, "train.trainer.strategy": "ddp_fork"}, "need an RDB storage"),
-])  # fmt: skip
-def test_multi_device_trials_are_checked_by_the_tune_stage(project: tuple[Path, dict], fixed: dict,
-                                                           message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("fixed", "message"),
+    [
+        ({"train.trainer.devices": 2, "train.trainer.strategy": "ddp"}, "trials cannot use train.trainer.strategy ddp"),
+        ({"train.trainer.devices": 2, "train.trainer.strategy": "ddp_fork"}, "need an RDB storage"),
+    ],
+)
+def test_multi_device_trials_are_checked_by_the_tune_stage(
+    project: tuple[Path, dict], fixed: dict, message: str
+) -> None:
     workdir, params = project
     params["tune"]["fixed"].update(fixed)
     write_params(workdir / "params.yaml", params)

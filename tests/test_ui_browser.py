@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from helpers import REPO, write_params
 from test_pipeline_dvc import new_project, sh, tiny_pipeline, tracked_runs
 
@@ -40,8 +41,10 @@ def chromium() -> str:
     """The system Chromium: $CHROMIUM if set, else the first of CHROMIUM_NAMES on PATH; skip without one."""
     found = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if not found or not Path(found).exists():
-        pytest.skip(f"no Chromium binary (none of $CHROMIUM, {', '.join(CHROMIUM_NAMES)} found; Debian: apt-get install "
-                    "chromium)")  # fmt: skip
+        pytest.skip(
+            f"no Chromium binary (none of $CHROMIUM, {', '.join(CHROMIUM_NAMES)} found; Debian: apt-get install "
+            "chromium)"
+        )
     return found
 
 
@@ -67,9 +70,12 @@ def expected_on_run_page(params: dict) -> dict[str, tuple[str, str, str]]:
         "baseline": ("baseline.max_epochs", str(params["baseline"]["max_epochs"]), "val/auc"),
         "train": ("train.optimizer.lr", str(params["train"]["optimizer"]["lr"]), "val/auc"),
         "tune": ("tune.n_trials", str(params["tune"]["n_trials"]), "best/value"),
-        "evaluate": ("evaluate.bootstrap.resamples", str(params["evaluate"]["bootstrap"]["resamples"]),
-                     "test/auc/tuned"),
-    }  # fmt: skip
+        "evaluate": (
+            "evaluate.bootstrap.resamples",
+            str(params["evaluate"]["bootstrap"]["resamples"]),
+            "test/auc/tuned",
+        ),
+    }
 
 
 def children_by_parent(runs: list) -> dict[str, list[str]]:
@@ -82,8 +88,9 @@ def children_by_parent(runs: list) -> dict[str, list[str]]:
     return nested
 
 
-def drive_ui(base: str, browser_path: str, params: dict, second_lr: str, nested: dict[str, list[str]],
-             n_runs: int, shots: Path) -> list[Path]:  # fmt: skip
+def drive_ui(
+    base: str, browser_path: str, params: dict, second_lr: str, nested: dict[str, list[str]], n_runs: int, shots: Path
+) -> list[Path]:
     """Every check in the browser; returns the screenshots taken (one more, failure.png, if a check fails)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -208,14 +215,26 @@ def test_ui_shows_every_stage_nested_runs_and_compare(tmp_path: Path, repo_param
     edited = copy.deepcopy(params)
     edited["train"]["optimizer"]["lr"] = float(second_lr)
     write_params(project / "params.yaml", edited)
-    train = subprocess.Popen(["medmnist-pipeline", "train"], cwd=project, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    train = subprocess.Popen(
+        ["medmnist-pipeline", "train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "ui.log"
     with log.open("w") as out:
-        ui = subprocess.Popen(["medmnist-pipeline", "ui", "--port", str(port)], cwd=project, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        ui = subprocess.Popen(
+            ["medmnist-pipeline", "ui", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         train_output, _ = train.communicate(timeout=600)
         assert train.returncode == 0, train_output

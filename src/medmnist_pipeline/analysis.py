@@ -114,8 +114,14 @@ def _heatmap(ax: Any, values: np.ndarray, fmt: str, rows: Sequence[str], cols: S
         ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=size, color="white" if dark else "black")
     short_cols = [_short(c) for c in cols]
     rotate = max(map(len, short_cols)) > 3  # long names would overlap if written horizontally
-    ax.set_xticks(range(len(cols)), short_cols, fontsize=8, rotation=45 if rotate else 0,
-                  ha="right" if rotate else "center", rotation_mode="anchor")  # fmt: skip
+    ax.set_xticks(
+        range(len(cols)),
+        short_cols,
+        fontsize=8,
+        rotation=45 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)
 
 
@@ -145,8 +151,12 @@ def confusion(y_true: Any, y_score: Any, task: str, label_names: Sequence[str]) 
         counts = multilabel_confusion_matrix(y_true, y_pred, labels=range(y_score.shape[1]))
     else:
         counts = confusion_matrix(y_true, y_pred, labels=range(y_score.shape[1]))
-    return {"counts": counts, "normalized": _row_normalise(counts), "label_names": list(label_names),
-            "multilabel": multilabel}  # fmt: skip
+    return {
+        "counts": counts,
+        "normalized": _row_normalise(counts),
+        "label_names": list(label_names),
+        "multilabel": multilabel,
+    }
 
 
 def plot_confusion(conf: dict[str, Any], title: str = "Confusion matrix") -> Figure:
@@ -189,10 +199,13 @@ def per_class_report(y_true: Any, y_score: Any, task: str, label_names: Sequence
     y_true, y_score = _check(y_true, y_score, task, label_names)
     y_pred = _predict(y_score, multilabel)
     labels = None if multilabel else list(range(y_score.shape[1]))  # keep classes absent from this split
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
-                                                                     zero_division=0)  # fmt: skip
-    frame = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support},
-                         index=pd.Index(list(label_names), name="label"))  # fmt: skip
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    frame = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support},
+        index=pd.Index(list(label_names), name="label"),
+    )
     return frame
 
 
@@ -204,8 +217,9 @@ def most_confused_pairs(conf_counts: Any, label_names: Sequence[str], k: int = 5
     """
     counts = np.asarray(conf_counts)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(label_names):
-        raise ValueError(f"need a square (C, C) single-label count matrix for {len(label_names)} names, "
-                         f"got shape {counts.shape}")  # fmt: skip
+        raise ValueError(
+            f"need a square (C, C) single-label count matrix for {len(label_names)} names, got shape {counts.shape}"
+        )
     off = counts.astype(int).copy()
     np.fill_diagonal(off, 0)
     flat = off.ravel()
@@ -250,8 +264,14 @@ def reliability(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[
     weights = count[filled] / max(count.sum(), 1)
     gaps = np.abs(bin_accuracy[filled] - bin_confidence[filled])
     ece = float(np.sum(weights * gaps)) if filled.any() else float("nan")  # no predictions: undefined, not 0
-    return {"bin_edges": edges, "bin_confidence": bin_confidence, "bin_accuracy": bin_accuracy, "bin_count": count,
-            "ece": ece, "multilabel": multilabel}  # fmt: skip
+    return {
+        "bin_edges": edges,
+        "bin_confidence": bin_confidence,
+        "bin_accuracy": bin_accuracy,
+        "bin_count": count,
+        "ece": ece,
+        "multilabel": multilabel,
+    }
 
 
 def plot_reliability(rel: dict[str, Any], title: str = "Reliability") -> Figure:
@@ -262,18 +282,31 @@ def plot_reliability(rel: dict[str, Any], title: str = "Reliability") -> Figure:
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration")
     filled = count > 0
-    top.bar(centres[filled], rel["bin_accuracy"][filled], width=width[filled], edgecolor="black", alpha=0.75,
-            label="fraction positive" if rel["multilabel"] else "accuracy")  # fmt: skip
-    top.plot(rel["bin_confidence"][filled], rel["bin_accuracy"][filled], "o-", color="tab:red", markersize=3,
-             label="same, at each bin's mean confidence")  # fmt: skip
+    top.bar(
+        centres[filled],
+        rel["bin_accuracy"][filled],
+        width=width[filled],
+        edgecolor="black",
+        alpha=0.75,
+        label="fraction positive" if rel["multilabel"] else "accuracy",
+    )
+    top.plot(
+        rel["bin_confidence"][filled],
+        rel["bin_accuracy"][filled],
+        "o-",
+        color="tab:red",
+        markersize=3,
+        label="same, at each bin's mean confidence",
+    )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("fraction positive" if rel["multilabel"] else "accuracy")
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(centres, count, width=width, color="0.6", edgecolor="black")
     bottom.set_ylabel("count")
-    bottom.set_xlabel("predicted probability (every sample x label)" if rel["multilabel"]
-                      else "confidence (top-class probability)")  # fmt: skip
+    bottom.set_xlabel(
+        "predicted probability (every sample x label)" if rel["multilabel"] else "confidence (top-class probability)"
+    )
     top.set_title(f"{title} - ECE = {rel['ece']:.3f}", fontsize=10)
     return fig
 
@@ -305,8 +338,11 @@ def coverage_curve(y_true: Any, y_score: Any, task: str) -> dict[str, np.ndarray
     confidence, correct = _confidence_and_accuracy(y_true, y_score, multilabel)
     order = np.argsort(-confidence, kind="stable")
     answered = np.arange(1, len(order) + 1)
-    return {"coverage": answered / len(order), "accuracy": np.cumsum(correct[order]) / answered,
-            "threshold": confidence[order]}  # fmt: skip
+    return {
+        "coverage": answered / len(order),
+        "accuracy": np.cumsum(correct[order]) / answered,
+        "threshold": confidence[order],
+    }
 
 
 def coverage_at_accuracy(curve: dict[str, np.ndarray], target: float) -> float:
@@ -315,8 +351,9 @@ def coverage_at_accuracy(curve: dict[str, np.ndarray], target: float) -> float:
     return float(curve["coverage"][reached].max()) if reached.any() else 0.0
 
 
-def plot_coverage(curve: dict[str, np.ndarray], title: str = "Accuracy vs coverage",
-                  targets: Sequence[float] = (0.9, 0.95, 0.99)) -> Figure:  # fmt: skip
+def plot_coverage(
+    curve: dict[str, np.ndarray], title: str = "Accuracy vs coverage", targets: Sequence[float] = (0.9, 0.95, 0.99)
+) -> Figure:
     """Accuracy of the answered images vs the fraction answered, with the coverage reachable at each target."""
     fig = _figure(5.5, 4)
     ax = fig.subplots()
@@ -377,8 +414,10 @@ def plot_roc_pr(y_true: Any, y_score: Any, title: str = "Binary classifier") -> 
 def per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str]) -> pd.Series:
     """ROC AUC per label; NaN where the label has only one class in y_true (AUC undefined)."""
     y_true, y_score = _check(y_true, y_score, MULTI_LABEL, label_names)
-    aucs = [roc_auc_score(y_true[:, j], y_score[:, j]) if len(np.unique(y_true[:, j])) == 2 else np.nan
-            for j in range(y_score.shape[1])]  # fmt: skip
+    aucs = [
+        roc_auc_score(y_true[:, j], y_score[:, j]) if len(np.unique(y_true[:, j])) == 2 else np.nan
+        for j in range(y_score.shape[1])
+    ]
     return pd.Series(aucs, index=list(label_names), name="auc", dtype=float)
 
 
@@ -390,8 +429,13 @@ def plot_per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str], ti
     positions = np.arange(len(aucs))
     ax.barh(positions, aucs.fillna(0).to_numpy(), color="tab:blue")
     for y, value in zip(positions, aucs.to_numpy(), strict=True):
-        ax.text(value + 0.01 if np.isfinite(value) else 0.01, y, f"{value:.3f}" if np.isfinite(value) else "n/a",
-                va="center", fontsize=7)  # fmt: skip
+        ax.text(
+            value + 0.01 if np.isfinite(value) else 0.01,
+            y,
+            f"{value:.3f}" if np.isfinite(value) else "n/a",
+            va="center",
+            fontsize=7,
+        )
     ax.axvline(0.5, ls="--", color="0.5", lw=1, label="chance")
     if aucs.notna().any():
         ax.axvline(aucs.mean(), ls=":", color="tab:red", lw=1, label=f"macro mean {aucs.mean():.3f}")
@@ -462,17 +506,21 @@ def gallery_captions(
             true = ", ".join(label_names[j] for j in np.flatnonzero(y_true[i])) or "-"
             pred = ", ".join(label_names[j] for j in np.flatnonzero(y_score[i] > THRESHOLD)) or "-"
             j = int(np.abs(y_score[i] - y_true[i]).argmax())
-            captions.append(f"true: {_short(true, 24)}\npred: {_short(pred, 24)}\n"
-                            f"{_short(label_names[j], 14)}: y={y_true[i, j]}, p={y_score[i, j]:.2f}")  # fmt: skip
+            captions.append(
+                f"true: {_short(true, 24)}\npred: {_short(pred, 24)}\n"
+                f"{_short(label_names[j], 14)}: y={y_true[i, j]}, p={y_score[i, j]:.2f}"
+            )
         else:
             pred = int(y_score[i].argmax())
-            captions.append(f"true: {_short(label_names[y_true[i]])}\n"
-                            f"pred: {_short(label_names[pred])} ({y_score[i, pred]:.2f})")  # fmt: skip
+            captions.append(
+                f"true: {_short(label_names[y_true[i]])}\npred: {_short(label_names[pred])} ({y_score[i, pred]:.2f})"
+            )
     return captions
 
 
-def plot_gallery(images: np.ndarray, indices: Sequence[int], captions: Sequence[str], title: str,
-                 columns: int = 6) -> Figure:  # fmt: skip
+def plot_gallery(
+    images: np.ndarray, indices: Sequence[int], captions: Sequence[str], title: str, columns: int = 6
+) -> Figure:
     """A grid of ``images[indices]`` (uint8, grey in the gray colour map or RGB), one caption under each.
 
     No indices gives a valid one-panel figure that says "none", so a report never misses its image.
@@ -529,8 +577,10 @@ def plot_history(history: pd.DataFrame, title: str = "Training history") -> Figu
         x = pd.Series(np.arange(len(history)), index=history.index)
     fig = _figure(10, 4)
     loss_ax, metric_ax = fig.subplots(1, 2)
-    for ax, columns, ylabel in ((loss_ax, ["train_loss", "val_loss"], "loss"),
-                                (metric_ax, ["train_acc", "val_acc", "val_auc"], "metric")):  # fmt: skip
+    for ax, columns, ylabel in (
+        (loss_ax, ["train_loss", "val_loss"], "loss"),
+        (metric_ax, ["train_acc", "val_acc", "val_auc"], "metric"),
+    ):
         if _plot_series(ax, x, history, columns):
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
@@ -553,8 +603,12 @@ def plot_histories(histories: pd.DataFrame, title: str = "Learning curves") -> F
     for index, (model, frame) in enumerate(histories.groupby("model", sort=False)):
         colour = f"C{index}"
         x = pd.to_numeric(frame["epoch"], errors="coerce")
-        for ax, column, style in ((axes[0], "train_loss", "--"), (axes[0], "val_loss", "-"),
-                                  (axes[1], "val_auc", "-"), (axes[2], "val_acc", "-")):  # fmt: skip
+        for ax, column, style in (
+            (axes[0], "train_loss", "--"),
+            (axes[0], "val_loss", "-"),
+            (axes[1], "val_auc", "-"),
+            (axes[2], "val_acc", "-"),
+        ):
             if column in frame and frame[column].notna().any():
                 keep = frame[column].notna()
                 label = f"{model} {column.split('_')[0]}" if ax is axes[0] else model
@@ -623,11 +677,15 @@ def read_size_curve(df: pd.DataFrame, min_drop_points: float = MIN_DROP_POINTS) 
     slope = np.polyfit(np.log2(n[last]), val[last], 1)[0]  # points of error per doubling (negative = falling)
     drop = -slope
     if drop >= min_drop_points:
-        return (f"Validation error still falls by {drop:.1f} points per doubling of the data and the train/val gap "
-                f"is {gap:.1f} points: more data would likely help.")  # fmt: skip
+        return (
+            f"Validation error still falls by {drop:.1f} points per doubling of the data and the train/val gap "
+            f"is {gap:.1f} points: more data would likely help."
+        )
     trend = f"falls by only {drop:.1f}" if drop >= 0 else f"rises by {-drop:.1f}"
-    return (f"Validation error is flat ({trend} points per doubling of the data) and the train/val gap is "
-            f"{gap:.1f} points: more data is unlikely to help much.")  # fmt: skip
+    return (
+        f"Validation error is flat ({trend} points per doubling of the data) and the train/val gap is "
+        f"{gap:.1f} points: more data is unlikely to help much."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,23 +25,27 @@ def _albumentations() -> Any:
 
 
 def transform_names() -> list[str]:
-    A = _albumentations()
+    alb = _albumentations()
     return sorted(
         name
-        for name, obj in vars(A).items()
-        if isinstance(obj, type) and issubclass(obj, A.BasicTransform) and not inspect.isabstract(obj)
-        and name not in _NOT_STORABLE and not name.endswith("3D") and name[0].isupper()
-    )  # fmt: skip
+        for name, obj in vars(alb).items()
+        if isinstance(obj, type)
+        and issubclass(obj, alb.BasicTransform)
+        and not inspect.isabstract(obj)
+        and name not in _NOT_STORABLE
+        and not name.endswith("3D")
+        and name[0].isupper()
+    )
 
 
 def check_transform(name: str, args: dict[str, Any]) -> str | None:
     """Why ``name(**args)`` is not a usable transform, or None when it is."""
-    A = _albumentations()
+    alb = _albumentations()
     if name not in transform_names():
         near = difflib.get_close_matches(name, transform_names(), n=3)
         why = "produces float tensors, not uint8 images" if name in _NOT_STORABLE else "unknown transform"
         return why + (f"; did you mean {', '.join(near)}?" if near else "")
-    cls = getattr(A, name)
+    cls = getattr(alb, name)
     signature = inspect.signature(cls.__init__).parameters
     allowed = [p for p in signature if p != "self"]
     unknown = sorted(set(args) - set(allowed))
@@ -49,7 +53,7 @@ def check_transform(name: str, args: dict[str, Any]) -> str | None:
         return f"unknown argument {unknown[0]!r} (allowed: {', '.join(allowed)})"
     try:
         cls(**args)
-    except Exception as exc:  # albumentations validates arguments with pydantic and raises ValueError
+    except Exception as exc:  # noqa: BLE001 - albumentations validates arguments with pydantic and raises ValueError
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
         return "bad arguments: " + "; ".join(lines[1:] or lines)
     return None
@@ -57,9 +61,9 @@ def check_transform(name: str, args: dict[str, Any]) -> str | None:
 
 def build_pipeline(transforms: list[dict[str, dict[str, Any]]], seed: int | None) -> Any:
     """An ``albumentations.Compose`` from the params list; seeded, so the same seed gives the same images."""
-    A = _albumentations()
-    steps = [getattr(A, name)(**args) for item in transforms for name, args in item.items()]
-    return A.Compose(steps, seed=seed)
+    alb = _albumentations()
+    steps = [getattr(alb, name)(**args) for item in transforms for name, args in item.items()]
+    return alb.Compose(steps, seed=seed)
 
 
 def check_pipeline_output(transforms: list[dict[str, dict[str, Any]]], size: int, channels: int | None) -> str | None:
@@ -67,7 +71,7 @@ def check_pipeline_output(transforms: list[dict[str, dict[str, Any]]], size: int
     shape = (size, size) if channels in (None, 1) else (size, size, channels)
     try:
         out = build_pipeline(transforms, seed=0)(image=np.zeros(shape, np.uint8))["image"]
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's pipeline is the message
         return f"fails on a {shape} uint8 image: {exc}"
     if out.dtype != np.uint8 or out.shape != shape:
         return f"must keep uint8 images of shape {shape}, but produces {out.dtype} {out.shape}"

@@ -31,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         if name == "tune":
-            command.add_argument("--worker", action="store_true",
-                                 help="join the study as an extra worker (same machine or another one sharing "
-                                 "tune.storage); the tune stage writes the outputs")  # fmt: skip
+            command.add_argument(
+                "--worker",
+                action="store_true",
+                help="join the study as an extra worker (same machine or another one sharing "
+                "tune.storage); the tune stage writes the outputs",
+            )
     add_predict_parser(commands)
     add_ui_parser(commands)
     return parser
@@ -63,30 +66,52 @@ MLflow URIs (--model runs:/<run id>/model or models:/<name>@<alias>)
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
-    command = commands.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP, epilog=PREDICT_EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    command.add_argument("--model", required=True, metavar="MODEL",
-                         help="model file or MLflow model URI (runs:/<id>/model, models:/<name>@<alias>)")  # fmt: skip
+    command = commands.add_parser(
+        "predict",
+        help=PREDICT_HELP,
+        description=PREDICT_HELP,
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="model file or MLflow model URI (runs:/<id>/model, models:/<name>@<alias>)",
+    )
     command.add_argument("images", nargs="+", metavar="IMAGES", help="PNG/JPEG files, folders of them, npz files")
-    command.add_argument("--out", metavar="FILE", help="write the CSV here (only if every image succeeds); "
-                         "default: stdout")  # fmt: skip
-    command.add_argument("--params", default=None, metavar="PATH",
-                         help="params file whose tracking section locates MLflow URIs (default: params.yaml if "
-                         "present)")  # fmt: skip
-    command.add_argument("--batch-size", type=int, default=256, metavar="N",
-                         help="images per forward pass (default: %(default)s)")  # fmt: skip
+    command.add_argument(
+        "--out", metavar="FILE", help="write the CSV here (only if every image succeeds); default: stdout"
+    )
+    command.add_argument(
+        "--params",
+        default=None,
+        metavar="PATH",
+        help="params file whose tracking section locates MLflow URIs (default: params.yaml if present)",
+    )
+    command.add_argument(
+        "--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: %(default)s)"
+    )
 
 
 UI_HELP = "start the MLflow UI for the project's tracking store (Ctrl-C stops it)"
 
 
 def add_ui_parser(commands: argparse._SubParsersAction) -> None:
-    command = commands.add_parser("ui", help=UI_HELP, description=UI_HELP + "; if the tracking URI is already an "
-                                  "http(s) server, print it instead")  # fmt: skip
-    command.add_argument("--params", default="params.yaml", help="params file whose tracking section names the store "
-                         "(default: %(default)s)")  # fmt: skip
-    command.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine "
-                         "only; anything else exposes the UI to the network, with a warning)")  # fmt: skip
+    command = commands.add_parser(
+        "ui", help=UI_HELP, description=UI_HELP + "; if the tracking URI is already an http(s) server, print it instead"
+    )
+    command.add_argument(
+        "--params",
+        default="params.yaml",
+        help="params file whose tracking section names the store (default: %(default)s)",
+    )
+    command.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: %(default)s, this machine "
+        "only; anything else exposes the UI to the network, with a warning)",
+    )
     command.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
 
 

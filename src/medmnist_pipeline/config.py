@@ -21,9 +21,20 @@ from medmnist_pipeline.errors import ParamsError
 from medmnist_pipeline.metadata import DATASETS, TASKS
 
 Flag = Literal[
-    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist", "custom",
-]  # fmt: skip
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+    "custom",
+]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -69,8 +80,7 @@ class DataParams(Section):
                 raise ValueError("@custom.labels: a classification task needs at least 2 label names")
         elif filled:
             raise ValueError(
-                f"@custom.{sorted(filled)[0]} is only used with @flag: custom (@flag is {self.flag!r});"
-                " set it to null"
+                f"@custom.{sorted(filled)[0]} is only used with @flag: custom (@flag is {self.flag!r}); set it to null"
             )
         return self
 
@@ -257,7 +267,7 @@ class TuneParams(Section):
 
 def _path_problem(model: type[BaseModel], parts: list[str]) -> str | None:
     """Why ``parts`` is not a leaf key of ``model`` (a tuning path must name one setting)."""
-    for i, part in enumerate(parts):
+    for _i, part in enumerate(parts):
         if not _is_section(model) or part not in model.model_fields:
             allowed = ", ".join(model.model_fields) if _is_section(model) else "none (a setting has no sub-keys)"
             return f"no key {part!r} there (allowed: {allowed})"
@@ -333,8 +343,10 @@ class Params(Section):
     @model_validator(mode="after")
     def _baseline_is_logreg(self) -> Params:
         if self.baseline.model.name != "logreg":
-            raise ValueError(f"@baseline.model.name: the baseline is multinomial logistic regression; "
-                             f"use 'logreg' (got {self.baseline.model.name!r}), other models belong in train")
+            raise ValueError(
+                f"@baseline.model.name: the baseline is multinomial logistic regression; "
+                f"use 'logreg' (got {self.baseline.model.name!r}), other models belong in train"
+            )
         return self
 
     @model_validator(mode="after")
@@ -408,12 +420,16 @@ def check_trials_can_run(params: Params) -> None:
     if not (isinstance(devices, int) and isinstance(nodes, int)) or devices * nodes <= 1:
         return
     if strategy == "ddp":
-        raise ParamsError("tune.fixed: trials cannot use train.trainer.strategy ddp (its relaunched processes "
-                          "would run their own study.optimize); set train.trainer.strategy to ddp_spawn or "
-                          "ddp_fork in tune.fixed for multi-device trials")
+        raise ParamsError(
+            "tune.fixed: trials cannot use train.trainer.strategy ddp (its relaunched processes "
+            "would run their own study.optimize); set train.trainer.strategy to ddp_spawn or "
+            "ddp_fork in tune.fixed for multi-device trials"
+        )
     if not (params.tune.storage or "").startswith(("sqlite", "postgresql", "mysql")):
-        raise ParamsError("tune.storage: multi-device trials need an RDB storage (sqlite:///..., postgresql://...) "
-                          "for Optuna's pruning callback under DDP")
+        raise ParamsError(
+            "tune.storage: multi-device trials need an RDB storage (sqlite:///..., postgresql://...) "
+            "for Optuna's pruning callback under DDP"
+        )
 
 
 def validate(model: type[BaseModel], raw: Any, source: str, prefix: tuple[str | int, ...] = ()) -> Any:

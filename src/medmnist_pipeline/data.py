@@ -79,14 +79,19 @@ def fetch(params: DataParams, raw_dir: Path, log=print) -> tuple[Path, str]:
     if mirror:
         log(f"mirror {mirror} has no {name}; downloading it")
 
-    download(info.url(params.size), target, expected, params.download.timeout_s, params.download.retries,
-             params.download.backoff_s, log=log)  # fmt: skip
+    download(
+        info.url(params.size),
+        target,
+        expected,
+        params.download.timeout_s,
+        params.download.retries,
+        params.download.backoff_s,
+        log=log,
+    )
     return target, expected
 
 
-def download(
-    url: str, target: Path, md5: str, timeout_s: float, retries: int, backoff_s: float, log=print
-) -> None:
+def download(url: str, target: Path, md5: str, timeout_s: float, retries: int, backoff_s: float, log=print) -> None:
     """Download ``url`` to ``target`` through a temporary file that is renamed only once its MD5 matches."""
     last_error: Exception | None = None
     for attempt in range(retries + 1):
@@ -150,8 +155,9 @@ def expected_meta(params: DataParams, path: Path, md5: str) -> DatasetMeta:
         c = params.custom
         return DatasetMeta("custom", params.size, c.task, list(c.labels), 0, counts, md5, path.name)
     info = DATASETS[params.flag]
-    return DatasetMeta(info.flag, params.size, info.task, list(info.labels), info.n_channels,
-                       dict(info.n_samples), md5, path.name)  # fmt: skip
+    return DatasetMeta(
+        info.flag, params.size, info.task, list(info.labels), info.n_channels, dict(info.n_samples), md5, path.name
+    )
 
 
 def prepare(source: Path, meta: DatasetMeta, out_dir: Path) -> DatasetMeta:
@@ -176,8 +182,9 @@ def prepare(source: Path, meta: DatasetMeta, out_dir: Path) -> DatasetMeta:
             if len(labels) != shape[0]:
                 raise PipelineError(f"{name}: {split} has {shape[0]} images but {len(labels)} labels")
             if meta.flag != "custom" and shape[0] != meta.n_samples[split]:
-                raise PipelineError(f"{name}: {split} has {shape[0]} images, the official {meta.flag} has "
-                                    f"{meta.n_samples[split]}")  # fmt: skip
+                raise PipelineError(
+                    f"{name}: {split} has {shape[0]} images, the official {meta.flag} has {meta.n_samples[split]}"
+                )
             found = 1 if len(shape) == 3 else shape[3]
             if channels not in (None, found):
                 raise PipelineError(f"{name}: {split}_images has {found} channels, the other splits {channels}")
@@ -198,8 +205,10 @@ def _checked_labels(labels: np.ndarray, meta: DatasetMeta, what: str) -> np.ndar
         raise PipelineError(f"{what}: shape {labels.shape}, expected (N, {width}) for task {meta.task!r}")
     high = 1 if meta.multi_label else meta.num_outputs - 1
     if labels.size and (labels.min() < 0 or labels.max() > high):
-        raise PipelineError(f"{what}: values from {labels.min()} to {labels.max()}, expected 0..{high} "
-                            f"({meta.num_outputs} labels: {', '.join(meta.labels)})")  # fmt: skip
+        raise PipelineError(
+            f"{what}: values from {labels.min()} to {labels.max()}, expected 0..{high} "
+            f"({meta.num_outputs} labels: {', '.join(meta.labels)})"
+        )
     return labels.astype(np.int64)
 
 

@@ -31,8 +31,11 @@ from medmnist_pipeline.training import (
 )
 
 # model name in the report -> its file (written by the baseline, train and tune stages)
-MODEL_FILES = {"baseline": MODELS_DIR / "baseline.ckpt", "cnn": MODELS_DIR / "cnn.ckpt",
-               "tuned": MODELS_DIR / "tuned.ckpt"}  # fmt: skip
+MODEL_FILES = {
+    "baseline": MODELS_DIR / "baseline.ckpt",
+    "cnn": MODELS_DIR / "cnn.ckpt",
+    "tuned": MODELS_DIR / "tuned.ckpt",
+}
 RETRAIN_DIR = Path("checkpoints") / "evaluate"  # finished retrains, kept until the stage succeeds (resume)
 
 
@@ -56,9 +59,11 @@ def load_models(meta: DatasetMeta) -> dict[str, dict[str, Any]]:
     for name, path in MODEL_FILES.items():
         exported = load_exported(path)
         if exported["dataset"]["md5"] != meta.md5 or exported["dataset"]["size"] != meta.size:
-            raise PipelineError(f"{path} was trained on {exported['dataset']['flag']} {exported['dataset']['size']}px"
-                                f" (MD5 {exported['dataset']['md5']}), not on the prepared {meta.flag} {meta.size}px;"
-                                " run `dvc repro` to retrain it")  # fmt: skip
+            raise PipelineError(
+                f"{path} was trained on {exported['dataset']['flag']} {exported['dataset']['size']}px"
+                f" (MD5 {exported['dataset']['md5']}), not on the prepared {meta.flag} {meta.size}px;"
+                " run `dvc repro` to retrain it"
+            )
         models[name] = exported
     return models
 
@@ -71,8 +76,9 @@ def split_metrics(labels: np.ndarray, y_score: np.ndarray, task: str) -> dict[st
     return {"acc": official_acc(labels, y_score, task), "auc": official_auc(labels, y_score, task)}
 
 
-def metrics_with_ci(labels: np.ndarray, y_score: np.ndarray, task: str, bootstrap: BootstrapParams,
-                 seed: int) -> dict[str, Any]:  # fmt: skip
+def metrics_with_ci(
+    labels: np.ndarray, y_score: np.ndarray, task: str, bootstrap: BootstrapParams, seed: int
+) -> dict[str, Any]:
     """Official ACC and AUC with percentile bootstrap intervals over resampled test images."""
     out: dict[str, Any] = split_metrics(labels, y_score, task)
     for name, metric in (("acc", official_acc), ("auc", official_auc)):
@@ -89,8 +95,9 @@ def reference_rows(flag: str) -> pd.DataFrame:
 
 def history_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Per-epoch training histories of every model, one long table with a ``model`` column."""
-    long = pd.concat([pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()],
-                     ignore_index=True)  # fmt: skip
+    long = pd.concat(
+        [pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()], ignore_index=True
+    )
     return long[["model", *long.columns.drop("model")]]
 
 
@@ -103,8 +110,15 @@ class Retrained:
     seconds: float
 
 
-def retrain(name: str, section: TrainParams, seed: int, meta: DatasetMeta, params: Params, fraction: float,
-            parent_run_id: str | None) -> Retrained:  # fmt: skip
+def retrain(
+    name: str,
+    section: TrainParams,
+    seed: int,
+    meta: DatasetMeta,
+    params: Params,
+    fraction: float,
+    parent_run_id: str | None,
+) -> Retrained:
     """Train ``section`` with ``seed`` on a stratified ``fraction`` of the training split, in a nested MLflow run.
 
     A finished retrain is kept under checkpoints/evaluate/ until the stage succeeds, and an interrupted one resumes
@@ -123,14 +137,21 @@ def retrain(name: str, section: TrainParams, seed: int, meta: DatasetMeta, param
     if done.is_file():
         return Retrained(load_exported(done), 0.0)
     started = time.perf_counter()
-    run = mlflow.start_run(experiment_id=experiment_id(params), run_name=f"evaluate/{name}", nested=True,
-                           parent_run_id=parent_run_id, tags={"stage": "evaluate", "evaluate.retrain": name})  # fmt: skip
+    run = mlflow.start_run(
+        experiment_id=experiment_id(params),
+        run_name=f"evaluate/{name}",
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"stage": "evaluate", "evaluate.retrain": name},
+    )
     try:
         mlflow.log_params({**flatten(section.model_dump(), "train."), "seed": seed, "train_fraction": fraction})
-        logger = MLFlowLogger(experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params),
-                              run_id=run.info.run_id)  # fmt: skip
-        result = fit(section, seed, meta, CHECKPOINTS_DIR / f"evaluate-{key}", logger, train_fraction=fraction,
-                     progress=False)  # fmt: skip
+        logger = MLFlowLogger(
+            experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
+        )
+        result = fit(
+            section, seed, meta, CHECKPOINTS_DIR / f"evaluate-{key}", logger, train_fraction=fraction, progress=False
+        )
         RETRAIN_DIR.mkdir(parents=True, exist_ok=True)
         export_model(result.module, meta, result.val, done, history=result.history, run_id=run.info.run_id)
         mlflow.end_run("FINISHED")
@@ -141,9 +162,16 @@ def retrain(name: str, section: TrainParams, seed: int, meta: DatasetMeta, param
     return Retrained(load_exported(done), time.perf_counter() - started)
 
 
-def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: dict[str, Split],
-               fractions: list[float], tuned: dict[str, Any], parent_run_id: str | None,
-               log=print) -> pd.DataFrame:  # fmt: skip
+def size_curve(
+    section: TrainParams,
+    params: Params,
+    meta: DatasetMeta,
+    splits: dict[str, Split],
+    fractions: list[float],
+    tuned: dict[str, Any],
+    parent_run_id: str | None,
+    log=print,
+) -> pd.DataFrame:
     """Retrain on stratified fractions of the training split (same validation split) and measure the training
     error (on the un-augmented images it trained on, best epoch's weights) and the validation error and AUC.
 
@@ -154,17 +182,33 @@ def size_curve(section: TrainParams, params: Params, meta: DatasetMeta, splits: 
     labels = torch.from_numpy(splits["train"].labels)
     train_labels = labels.float() if meta.multi_label else labels[:, 0].long()  # as MedMNISTData holds them
     for fraction in sorted(fractions):
-        retrained = Retrained(tuned, 0.0) if fraction == 1.0 else retrain(
-            f"size-{fraction:g}", same_steps(section, fraction), params.seed, meta, params, fraction, parent_run_id)
-        subset = stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else \
-            torch.arange(len(train_labels))  # the images MedMNISTData trained on  # fmt: skip
+        retrained = (
+            Retrained(tuned, 0.0)
+            if fraction == 1.0
+            else retrain(
+                f"size-{fraction:g}", same_steps(section, fraction), params.seed, meta, params, fraction, parent_run_id
+            )
+        )
+        subset = (
+            stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else torch.arange(len(train_labels))
+        )  # the images MedMNISTData trained on
         train = Split(splits["train"].images[subset], splits["train"].labels[subset.numpy()])
         train_m = split_metrics(train.labels, scores(retrained.exported, train), meta.task)
         val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
-        rows.append({"fraction": fraction, "n_train": len(subset), "train_error": 1 - train_m["acc"],
-                     "val_error": 1 - val_m["acc"], "train_auc": train_m["auc"], "val_auc": val_m["auc"]})  # fmt: skip
-        log(f"  size curve: {len(subset):6d} training images -> train error {rows[-1]['train_error']:.3f}, "
-            f"val error {rows[-1]['val_error']:.3f}, val AUC {val_m['auc']:.4f} ({retrained.seconds:.0f} s)")
+        rows.append(
+            {
+                "fraction": fraction,
+                "n_train": len(subset),
+                "train_error": 1 - train_m["acc"],
+                "val_error": 1 - val_m["acc"],
+                "train_auc": train_m["auc"],
+                "val_auc": val_m["auc"],
+            }
+        )
+        log(
+            f"  size curve: {len(subset):6d} training images -> train error {rows[-1]['train_error']:.3f}, "
+            f"val error {rows[-1]['val_error']:.3f}, val AUC {val_m['auc']:.4f} ({retrained.seconds:.0f} s)"
+        )
     return pd.DataFrame(rows, columns=["fraction", "n_train", "train_error", "val_error", "train_auc", "val_auc"])
 
 
@@ -176,24 +220,48 @@ def same_steps(section: TrainParams, fraction: float) -> TrainParams:
     def scaled(epochs: int) -> int:
         return math.ceil(epochs / fraction) if epochs else 0
 
-    schedule = section.schedule.model_copy(update={"warmup_epochs": scaled(section.schedule.warmup_epochs),
-                                                   "patience": scaled(section.schedule.patience)})  # fmt: skip
-    return section.model_copy(update={"max_epochs": scaled(section.max_epochs), "schedule": schedule,
-                                      "early_stopping_patience": scaled(section.early_stopping_patience)})  # fmt: skip
+    schedule = section.schedule.model_copy(
+        update={"warmup_epochs": scaled(section.schedule.warmup_epochs), "patience": scaled(section.schedule.patience)}
+    )
+    return section.model_copy(
+        update={
+            "max_epochs": scaled(section.max_epochs),
+            "schedule": schedule,
+            "early_stopping_patience": scaled(section.early_stopping_patience),
+        }
+    )
 
 
-def seed_runs(section: TrainParams, params: Params, meta: DatasetMeta, splits: dict[str, Split], seeds: list[int],
-              tuned: dict[str, Any], parent_run_id: str | None, log=print) -> pd.DataFrame:  # fmt: skip
+def seed_runs(
+    section: TrainParams,
+    params: Params,
+    meta: DatasetMeta,
+    splits: dict[str, Split],
+    seeds: list[int],
+    tuned: dict[str, Any],
+    parent_run_id: str | None,
+    log=print,
+) -> pd.DataFrame:
     """Retrain the tuned configuration on the full training split once per seed (``seed`` itself: the tuned model);
     val and test metrics of each."""
     rows = []
     for seed in seeds:
-        retrained = Retrained(tuned, 0.0) if seed == params.seed else \
-            retrain(f"seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)  # fmt: skip
+        retrained = (
+            Retrained(tuned, 0.0)
+            if seed == params.seed
+            else retrain(f"seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)
+        )
         val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
         test_m = split_metrics(splits["test"].labels, scores(retrained.exported, splits["test"]), meta.task)
-        rows.append({"seed": seed, "val_acc": val_m["acc"], "val_auc": val_m["auc"], "test_acc": test_m["acc"],
-                     "test_auc": test_m["auc"]})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                "val_acc": val_m["acc"],
+                "val_auc": val_m["auc"],
+                "test_acc": test_m["acc"],
+                "test_auc": test_m["auc"],
+            }
+        )
         log(f"  seed {seed}: test ACC {test_m['acc']:.4f}, AUC {test_m['auc']:.4f} ({retrained.seconds:.0f} s)")
     return pd.DataFrame(rows, columns=["seed", "val_acc", "val_auc", "test_acc", "test_auc"])
 
@@ -203,31 +271,62 @@ def seed_summary(seeds: pd.DataFrame) -> dict[str, Any] | None:
     if not len(seeds):
         return None
     mean, sd = seeds.mean(), seeds.std(ddof=1) if len(seeds) > 1 else seeds.std(ddof=0)
-    return {"test": {"acc": float(mean["test_acc"]), "auc": float(mean["test_auc"]),
-                     "acc_sd": float(sd["test_acc"]), "auc_sd": float(sd["test_auc"])},
-            "val": {"acc": float(mean["val_acc"]), "auc": float(mean["val_auc"])},
-            "seeds": [int(seed) for seed in seeds["seed"]]}  # fmt: skip
+    return {
+        "test": {
+            "acc": float(mean["test_acc"]),
+            "auc": float(mean["test_auc"]),
+            "acc_sd": float(sd["test_acc"]),
+            "auc_sd": float(sd["test_auc"]),
+        },
+        "val": {"acc": float(mean["val_acc"]), "auc": float(mean["val_auc"])},
+        "seeds": [int(seed) for seed in seeds["seed"]],
+    }
 
 
-def comparison_table(metrics: dict[str, dict[str, Any]], seeds: dict[str, Any] | None,
-                     reference: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+def comparison_table(
+    metrics: dict[str, dict[str, Any]], seeds: dict[str, Any] | None, reference: pd.DataFrame
+) -> pd.DataFrame:
     """Models x metrics for the report: this project's models (with CIs), seed statistics, then the benchmark."""
     rows = []
     for name, m in metrics.items():
-        rows.append({"model": name, "test_auc": m["test"]["auc"], "test_auc_ci": _interval(m["test"]["auc_ci"]),
-                     "test_acc": m["test"]["acc"], "test_acc_ci": _interval(m["test"]["acc_ci"]),
-                     "val_auc": m["val"]["auc"], "val_acc": m["val"]["acc"], "source": "this project"})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "test_auc": m["test"]["auc"],
+                "test_auc_ci": _interval(m["test"]["auc_ci"]),
+                "test_acc": m["test"]["acc"],
+                "test_acc_ci": _interval(m["test"]["acc_ci"]),
+                "val_auc": m["val"]["auc"],
+                "val_acc": m["val"]["acc"],
+                "source": "this project",
+            }
+        )
     if seeds:
         test = seeds["test"]
-        rows.append({"model": f"tuned, {len(seeds['seeds'])} seeds (mean ± sd)", "test_auc": test["auc"],
-                     "test_auc_ci": f"± {test['auc_sd']:.3f}", "test_acc": test["acc"],
-                     "test_acc_ci": f"± {test['acc_sd']:.3f}", "val_auc": seeds["val"]["auc"],
-                     "val_acc": seeds["val"]["acc"], "source": "this project"})  # fmt: skip
+        rows.append(
+            {
+                "model": f"tuned, {len(seeds['seeds'])} seeds (mean ± sd)",
+                "test_auc": test["auc"],
+                "test_auc_ci": f"± {test['auc_sd']:.3f}",
+                "test_acc": test["acc"],
+                "test_acc_ci": f"± {test['acc_sd']:.3f}",
+                "val_auc": seeds["val"]["auc"],
+                "val_acc": seeds["val"]["acc"],
+                "source": "this project",
+            }
+        )
     for row in reference.itertuples():
-        rows.append({"model": row.method, "test_auc": row.test_auc, "test_acc": row.test_acc,
-                     "source": "MedMNIST v2 (Yang et al. 2023, Table 3)"})  # fmt: skip
-    return pd.DataFrame(rows, columns=["model", "test_auc", "test_auc_ci", "test_acc", "test_acc_ci", "val_auc",
-                                       "val_acc", "source"])  # fmt: skip
+        rows.append(
+            {
+                "model": row.method,
+                "test_auc": row.test_auc,
+                "test_acc": row.test_acc,
+                "source": "MedMNIST v2 (Yang et al. 2023, Table 3)",
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["model", "test_auc", "test_auc_ci", "test_acc", "test_acc_ci", "val_auc", "val_acc", "source"]
+    )
 
 
 def _interval(ci: list[float]) -> str:
@@ -237,8 +336,16 @@ def _interval(ci: list[float]) -> str:
 # --- error analysis of one model on the test split ----------------------------------------------------------
 
 
-def error_analysis(split: Split, y_score: np.ndarray, task: str, label_names: list[str], out_dir: Path,
-                   model: str, gallery: int, calibration_bins: int) -> dict[str, Any]:  # fmt: skip
+def error_analysis(
+    split: Split,
+    y_score: np.ndarray,
+    task: str,
+    label_names: list[str],
+    out_dir: Path,
+    model: str,
+    gallery: int,
+    calibration_bins: int,
+) -> dict[str, Any]:
     """Write the error-analysis figures and per-class table of ``model`` to ``out_dir``; return the findings the
     report's sentences use (ECE, coverage at target accuracies, most confused pairs)."""
     from medmnist_pipeline import analysis as A
@@ -260,15 +367,18 @@ def error_analysis(split: Split, y_score: np.ndarray, task: str, label_names: li
         figure = A.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
     A.save_figure(figure, out_dir / "auc_curves.png")
     images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display
-    for name, picked, title in (("worst_errors", A.worst_errors(labels, y_score, task, gallery),
-                                 "Most confidently wrong"),
-                                ("uncertain_correct", A.uncertain_correct(labels, y_score, task, gallery),
-                                 "Least confident among the correct")):  # fmt: skip
+    for name, picked, title in (
+        ("worst_errors", A.worst_errors(labels, y_score, task, gallery), "Most confidently wrong"),
+        ("uncertain_correct", A.uncertain_correct(labels, y_score, task, gallery), "Least confident among the correct"),
+    ):
         captions = A.gallery_captions(labels, y_score, task, label_names, picked)
         A.save_figure(A.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
     pairs = [] if A.is_multilabel(task) else A.most_confused_pairs(conf["counts"], label_names, k=3)
-    return {"ece": rel["ece"], "confused_pairs": pairs,
-            "coverage": {target: A.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)}}  # fmt: skip
+    return {
+        "ece": rel["ece"],
+        "confused_pairs": pairs,
+        "coverage": {target: A.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)},
+    }
 
 
 # --- model registry -----------------------------------------------------------------------------------------

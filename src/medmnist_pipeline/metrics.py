@@ -88,10 +88,10 @@ def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: 
 class OfficialMetrics(Metric):
     """The official ACC and AUC over a whole epoch, for a LightningModule.
 
-    It keeps every score and target (gathered across DDP ranks by concatenation) and computes the numpy
-    functions above once in ``compute``, so the numbers are exactly the evaluator's. A val split of MedMNIST is
-    at most ~100k x 14 floats, so keeping it all is cheap. The results are float32 tensors (the default dtype,
-which every accelerator supports); an undefined AUC is ``tensor(nan)``.
+        It keeps every score and target (gathered across DDP ranks by concatenation) and computes the numpy
+        functions above once in ``compute``, so the numbers are exactly the evaluator's. A val split of MedMNIST is
+        at most ~100k x 14 floats, so keeping it all is cheap. The results are float32 tensors (the default dtype,
+    which every accelerator supports); an undefined AUC is ``tensor(nan)``.
     """
 
     is_differentiable = False
@@ -114,8 +114,10 @@ which every accelerator supports); an undefined AUC is ``tensor(nan)``.
     def compute(self) -> dict[str, torch.Tensor]:
         scores = dim_zero_cat(self.scores).cpu().numpy()
         targets = dim_zero_cat(self.targets).cpu().numpy()
-        return {"acc": torch.tensor(official_acc(targets, scores, self.task)),
-                "auc": torch.tensor(official_auc(targets, scores, self.task))}  # fmt: skip
+        return {
+            "acc": torch.tensor(official_acc(targets, scores, self.task)),
+            "auc": torch.tensor(official_auc(targets, scores, self.task)),
+        }
 
 
 def bootstrap_ci(
@@ -137,8 +139,9 @@ def bootstrap_ci(
     y_true, y_score = np.asarray(y_true), np.asarray(y_score)
     rng = np.random.default_rng(seed)
     n = len(y_true)
-    values = np.array([metric(y_true[idx], y_score[idx], task)
-                       for idx in (rng.integers(0, n, n) for _ in range(n_resamples))])  # fmt: skip
+    values = np.array(
+        [metric(y_true[idx], y_score[idx], task) for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
+    )
     values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")

@@ -44,22 +44,37 @@ class ConvNet(Network):
     The conv blocks are ``backbone.blocks[i]`` (each an ``nn.Sequential``), the FC layers ``backbone.fc``.
     """
 
-    def __init__(self, in_channels: int, num_outputs: int, filters: int, kernel_size: int, convs_per_block: int,
-                 blocks: int, fc_layers: int, fc_width: int, dropout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        num_outputs: int,
+        filters: int,
+        kernel_size: int,
+        convs_per_block: int,
+        blocks: int,
+        fc_layers: int,
+        fc_width: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"convnet: kernel_size must be odd and positive for 'same' padding, got {kernel_size}")
         if min(filters, convs_per_block, blocks, fc_width) < 1 or fc_layers < 0 or not 0 <= dropout < 1:
-            raise ValueError(f"convnet: filters, convs_per_block, blocks and fc_width must be >= 1, fc_layers >= 0 "
-                             f"and 0 <= dropout < 1 (got {filters}, {convs_per_block}, {blocks}, {fc_width}, "
-                             f"{fc_layers}, {dropout})")  # fmt: skip
+            raise ValueError(
+                f"convnet: filters, convs_per_block, blocks and fc_width must be >= 1, fc_layers >= 0 "
+                f"and 0 <= dropout < 1 (got {filters}, {convs_per_block}, {blocks}, {fc_width}, "
+                f"{fc_layers}, {dropout})"
+            )
         conv_blocks, channels = [], in_channels
         for b in range(blocks):
             width, layers = filters * 2**b, []
             for _ in range(convs_per_block):
                 # no conv bias: the BatchNorm that follows has its own shift
-                layers += [nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2, bias=False),
-                           nn.BatchNorm2d(width), nn.ReLU()]  # fmt: skip
+                layers += [
+                    nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                ]
                 channels = width
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             conv_blocks.append(nn.Sequential(*layers))
@@ -67,10 +82,14 @@ class ConvNet(Network):
         for _ in range(fc_layers):
             fc += [nn.Linear(channels, fc_width), nn.ReLU(), nn.Dropout(dropout)]
             channels = fc_width
-        self.backbone = nn.Sequential(OrderedDict(
-            blocks=nn.Sequential(*conv_blocks), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-            fc=nn.Sequential(*fc),
-        ))  # fmt: skip
+        self.backbone = nn.Sequential(
+            OrderedDict(
+                blocks=nn.Sequential(*conv_blocks),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Sequential(*fc),
+            )
+        )
         self.head = nn.Linear(channels, num_outputs)
 
 
@@ -189,8 +208,10 @@ def build_model(name: str, in_channels: int, num_outputs: int, image_size: int, 
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_OPTIONS)}")
     missing, extra = MODEL_OPTIONS[name] - options.keys(), options.keys() - MODEL_OPTIONS[name]
     if missing or extra:
-        raise ValueError(f"model {name!r} takes the options {sorted(MODEL_OPTIONS[name])}: "
-                         f"missing {sorted(missing)}, unexpected {sorted(extra)}")  # fmt: skip
+        raise ValueError(
+            f"model {name!r} takes the options {sorted(MODEL_OPTIONS[name])}: "
+            f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
     if name == "logreg":
         return LogReg(in_channels, image_size, num_outputs)
     if name == "convnet":

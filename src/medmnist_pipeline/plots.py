@@ -26,8 +26,7 @@ def image_grid(
     """One row per ``(row title, images)``; images uint8 (n, H, W) or (n, H, W, 3); at most ``columns`` shown."""
     plt = _pyplot()
     cell = 1.1
-    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * cell + 1.8, len(rows) * cell + 0.6),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * cell + 1.8, len(rows) * cell + 0.6), squeeze=False)
     for (row_title, images), row in zip(rows, axes, strict=True):
         for j, ax in enumerate(row):
             ax.set_xticks([])

@@ -75,8 +75,14 @@ def load_model(spec: str, params_path: str | Path | None = None, batch_size: int
     exported = load_exported(spec)
     net = network_from_export(exported).to(_device())
     task = exported["task"]
-    return Model(spec, list(exported["labels"]), task, int(exported["image_size"]), int(exported["in_channels"]),
-                 lambda x: predict_scores(net, x, task, batch_size))  # fmt: skip
+    return Model(
+        spec,
+        list(exported["labels"]),
+        task,
+        int(exported["image_size"]),
+        int(exported["in_channels"]),
+        lambda x: predict_scores(net, x, task, batch_size),
+    )
 
 
 def _load_mlflow_model(uri: str, store: str, batch_size: int) -> Model:
@@ -90,8 +96,9 @@ def _load_mlflow_model(uri: str, store: str, batch_size: int) -> Model:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     local = Path(store.removeprefix("sqlite:///").split("?")[0]) if store.startswith("sqlite:///") else None
     if local is not None and not local.is_file():  # MLflow would create an empty store and then find nothing
-        raise PipelineError(f"{uri}: no MLflow store at {local} (run from the project root, pass --params, or set "
-                            "MLFLOW_TRACKING_URI)")  # fmt: skip
+        raise PipelineError(
+            f"{uri}: no MLflow store at {local} (run from the project root, pass --params, or set MLFLOW_TRACKING_URI)"
+        )
     mlflow.set_tracking_uri(store)
     try:
         metadata = mlflow.models.get_model_info(uri).metadata or {}
@@ -111,8 +118,14 @@ def _load_mlflow_model(uri: str, store: str, batch_size: int) -> Model:
     def scores(x: torch.Tensor) -> np.ndarray:  # the logged model takes raw pixels 0-255 as float32
         return torch.cat([module(x[i : i + batch_size].float()).float() for i in range(0, len(x), batch_size)]).numpy()
 
-    return Model(uri, [str(v) for v in metadata["labels"]], str(metadata["task"]), int(metadata["image_size"]),
-                 int(metadata["in_channels"]), scores)  # fmt: skip
+    return Model(
+        uri,
+        [str(v) for v in metadata["labels"]],
+        str(metadata["task"]),
+        int(metadata["image_size"]),
+        int(metadata["in_channels"]),
+        scores,
+    )
 
 
 def _message(exc: Exception) -> str:
@@ -171,8 +184,10 @@ def _image_source(path: Path, name: str) -> Source:
     except OSError as exc:
         raise PipelineError(f"{name}: cannot read this file ({exc.strerror or exc})") from None
     if mode in ("I", "F"):
-        raise PipelineError(f"{name}: {mode} images (32-bit {'integer' if mode == 'I' else 'float'} pixels) are "
-                            "not supported; save it as an 8- or 16-bit PNG or a JPEG")  # fmt: skip
+        raise PipelineError(
+            f"{name}: {mode} images (32-bit {'integer' if mode == 'I' else 'float'} pixels) are "
+            "not supported; save it as an 8- or 16-bit PNG or a JPEG"
+        )
     return Source(name, path, size, 1 if mode in GREY_MODES else 3)
 
 
@@ -192,8 +207,10 @@ def _npz_sources(path: Path, given: str) -> list[Source]:
     elif len(keys) == 1:
         key = keys[0]
     else:
-        raise PipelineError(f"{given}: expected a '{NPZ_KEY}' array (MedMNIST layout) or exactly one array; found "
-                            f"{', '.join(keys) or 'no arrays'}")  # fmt: skip
+        raise PipelineError(
+            f"{given}: expected a '{NPZ_KEY}' array (MedMNIST layout) or exactly one array; found "
+            f"{', '.join(keys) or 'no arrays'}"
+        )
     shape, dtype = _npz_array_header(path, key)
     where = f"{given}[{key}]"
     if dtype != np.uint8:
@@ -285,8 +302,10 @@ def conversion_notes(sources: Sequence[Source], model: Model) -> list[str]:
     resized = [s for s in sources if s.size != (size, size)]
     if resized:
         stretched = sum(s.size[0] != s.size[1] for s in resized)
-        notes.append(f"note: resized {len(resized)} of {n} images to the model's {size}x{size} px (bicubic)"
-                     + (f"; {stretched} were not square and were stretched, not cropped" if stretched else ""))  # fmt: skip
+        notes.append(
+            f"note: resized {len(resized)} of {n} images to the model's {size}x{size} px (bicubic)"
+            + (f"; {stretched} were not square and were stretched, not cropped" if stretched else "")
+        )
     if model.in_channels == 1 and (colour := sum(s.channels == 3 for s in sources)):
         notes.append(f"note: converted {colour} of {n} colour images to greyscale (the model takes 1 channel)")
     if model.in_channels == 3 and (grey := sum(s.channels == 1 for s in sources)):
@@ -326,8 +345,9 @@ def write_csv(stream: IO[str], model: Model, sources: Sequence[Source], batch_si
         writer.writerow(row)
 
 
-def main(model: str, images: Sequence[str], out: str | None = None, params: str | None = None,
-         batch_size: int = 256) -> None:  # fmt: skip
+def main(
+    model: str, images: Sequence[str], out: str | None = None, params: str | None = None, batch_size: int = 256
+) -> None:
     """The ``predict`` command: CSV to ``out`` (written only if every image is predicted) or to stdout."""
     if batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")

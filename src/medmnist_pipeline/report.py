@@ -46,9 +46,11 @@ def headline(inputs: ReportInputs) -> list[str]:
     m = inputs.metrics[inputs.best]
     test, val = m["test"], m["val"]
     level = f"{inputs.confidence:.0%}"
-    lines = [f"**Best model on validation AUC: `{inputs.best}`** (val AUC {val['auc']:.3f}, ACC {val['acc']:.3f}). "
-             f"On the test split: AUC {test['auc']:.3f} ({level} CI {test['auc_ci'][0]:.3f}-{test['auc_ci'][1]:.3f}), "
-             f"ACC {test['acc']:.3f} ({level} CI {test['acc_ci'][0]:.3f}-{test['acc_ci'][1]:.3f})."]  # fmt: skip
+    lines = [
+        f"**Best model on validation AUC: `{inputs.best}`** (val AUC {val['auc']:.3f}, ACC {val['acc']:.3f}). "
+        f"On the test split: AUC {test['auc']:.3f} ({level} CI {test['auc_ci'][0]:.3f}-{test['auc_ci'][1]:.3f}), "
+        f"ACC {test['acc']:.3f} ({level} CI {test['acc_ci'][0]:.3f}-{test['acc_ci'][1]:.3f})."
+    ]
     reference = inputs.comparison[inputs.comparison["model"] == REFERENCE_ROW]
     if len(reference):
         ref = reference.iloc[0]
@@ -61,13 +63,17 @@ def headline(inputs: ReportInputs) -> list[str]:
         lines.append(f"Against MedMNIST v2 {REFERENCE_ROW}: " + "; ".join(verdicts) + ".")
     gap = val["auc"] - test["auc"]
     if gap > 0.02:
-        lines.append(f"Test AUC is {gap:.3f} below validation AUC: the validation split, used for model "
-                     "selection, is optimistic for this dataset; trust the test figures and their intervals.")
+        lines.append(
+            f"Test AUC is {gap:.3f} below validation AUC: the validation split, used for model "
+            "selection, is optimistic for this dataset; trust the test figures and their intervals."
+        )
     if inputs.seeds and len(inputs.seeds["seeds"]) > 1:
         s = inputs.seeds["test"]
-        lines.append(f"Retrained with {len(inputs.seeds['seeds'])} seeds, the tuned configuration scores test AUC "
-                     f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} "
-                     "(mean ± sd).")  # fmt: skip
+        lines.append(
+            f"Retrained with {len(inputs.seeds['seeds'])} seeds, the tuned configuration scores test AUC "
+            f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} "
+            "(mean ± sd)."
+        )
     return lines
 
 
@@ -80,8 +86,11 @@ def error_sentences(inputs: ReportInputs) -> list[str]:
     lines.append(f"Expected calibration error: {f['ece']:.3f} (0 = probabilities match observed frequencies).")
     reach = [f"{cov:.0%} of the images at {target:.0%} accuracy" for target, cov in f["coverage"].items() if cov > 0]
     if reach:
-        lines.append("Abstaining on the least confident images, the model can answer " + ", ".join(reach) +
-                     " (see the coverage plot to choose an operating point for manual review).")  # fmt: skip
+        lines.append(
+            "Abstaining on the least confident images, the model can answer "
+            + ", ".join(reach)
+            + " (see the coverage plot to choose an operating point for manual review)."
+        )
     return lines
 
 
@@ -101,7 +110,8 @@ def render(inputs: ReportInputs) -> str:
         markdown_table(inputs.comparison.fillna("")),
         "",
         "MLflow runs of the evaluated models: "
-        + ", ".join(f"{name} `{run_id}`" for name, run_id in inputs.run_ids.items()) + ".",
+        + ", ".join(f"{name} `{run_id}`" for name, run_id in inputs.run_ids.items())
+        + ".",
         "",
         "## Learning curves",
         "",
@@ -109,10 +119,17 @@ def render(inputs: ReportInputs) -> str:
         "",
     ]
     if len(inputs.size_curve):
-        parts += ["### Training-set size", "",
-                  "The tuned configuration retrained on stratified fractions of the training split, each for the same "
-                  "number of optimizer steps as the full set (fraction 1.0 is the tuned model itself).", "",
-                  "![training-set size curve](size_curve.png)", "", markdown_table(inputs.size_curve), ""]  # fmt: skip
+        parts += [
+            "### Training-set size",
+            "",
+            "The tuned configuration retrained on stratified fractions of the training split, each for the same "
+            "number of optimizer steps as the full set (fraction 1.0 is the tuned model itself).",
+            "",
+            "![training-set size curve](size_curve.png)",
+            "",
+            markdown_table(inputs.size_curve),
+            "",
+        ]
         if inputs.size_reading:
             parts += [inputs.size_reading, ""]
     parts += [

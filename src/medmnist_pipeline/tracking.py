@@ -61,9 +61,12 @@ def experiment_id(params: Params) -> str:
     local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
     location = (project_root() / ARTIFACTS_DIR).as_uri() if local else None
     try:  # the kind tag makes MLflow 3's UI open the experiment on its runs, not on the GenAI traces overview
-        return mlflow.create_experiment(params.tracking.experiment, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})  # fmt: skip
-    except Exception:  # another worker created it between our two calls
+        return mlflow.create_experiment(
+            params.tracking.experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+        )
+    except Exception:  # noqa: BLE001 - another worker created it between our two calls
         return mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
 
 
@@ -107,8 +110,12 @@ def git_tags() -> dict[str, str]:
 
 
 def dataset_tags(meta: Any) -> dict[str, str]:
-    return {"dataset.flag": meta.flag, "dataset.size": str(meta.size), "dataset.md5": meta.md5,
-            "dataset.task": meta.task}  # fmt: skip
+    return {
+        "dataset.flag": meta.flag,
+        "dataset.size": str(meta.size),
+        "dataset.md5": meta.md5,
+        "dataset.task": meta.task,
+    }
 
 
 @contextmanager

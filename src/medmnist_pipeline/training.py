@@ -51,8 +51,9 @@ def as_tensors(images: np.ndarray, labels: np.ndarray, multi_label: bool) -> tup
 class Batches:
     """One epoch of ``(images[idx], labels[idx])`` batches over ``order``: no Dataset, no collate, no workers."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
-                 drop_last: bool) -> None:  # fmt: skip
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int, drop_last: bool
+    ) -> None:
         self.images, self.labels, self.order, self.batch_size = images, labels, order, batch_size
         self.drop_last = drop_last and len(order) > batch_size
 
@@ -69,8 +70,9 @@ class Batches:
 class MedMNISTData(pl.LightningDataModule):
     """Train and validation splits (never test) as tensors; each rank reads its own shard (DDP-correct)."""
 
-    def __init__(self, prepared_dir: Path, augmented_dir: Path | None, batch_size: int, seed: int,
-                 train_fraction: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, prepared_dir: Path, augmented_dir: Path | None, batch_size: int, seed: int, train_fraction: float = 1.0
+    ) -> None:
         super().__init__()
         self.prepared_dir, self.augmented_dir = Path(prepared_dir), augmented_dir
         self.batch_size, self.seed, self.train_fraction = batch_size, seed, train_fraction
@@ -168,9 +170,18 @@ def shift_and_flip(x: torch.Tensor, flip: bool, translate: int, generator: torch
 class Classifier(pl.LightningModule):
     """Describes the model and the steps; the task type (from the dataset) picks the loss and the scores."""
 
-    def __init__(self, model: dict[str, Any], task: str, labels: list[str], in_channels: int, image_size: int,
-                 optimizer: dict[str, Any], schedule: dict[str, Any], batch_augment: dict[str, Any],
-                 channels_last: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: dict[str, Any],
+        task: str,
+        labels: list[str],
+        in_channels: int,
+        image_size: int,
+        optimizer: dict[str, Any],
+        schedule: dict[str, Any],
+        batch_augment: dict[str, Any],
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # stage runs log the flattened params.yaml instead
         self.net = network(model, in_channels, len(labels), image_size)
@@ -207,8 +218,7 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_metrics.update(scores_from_logits(logits.float(), self.task), y)
-        self.log("val/loss", self.loss_fn(logits, y), on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=len(x))  # fmt: skip
+        self.log("val/loss", self.loss_fn(logits, y), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
 
     def on_validation_epoch_end(self) -> None:
         # Validation runs after the epoch's last training batch, so the epoch's training numbers are complete
@@ -218,23 +228,33 @@ class Classifier(pl.LightningModule):
         self.val_metrics.reset()
         if self.train_metrics.update_count:  # (only fit() updates it)
             train = self.train_metrics.compute()
-            self.log_dict({"train/loss": self.train_loss.compute(), "train/acc": train["acc"], "train/auc": train["auc"]})
+            self.log_dict(
+                {"train/loss": self.train_loss.compute(), "train/acc": train["acc"], "train/auc": train["auc"]}
+            )
             self.train_metrics.reset()
             self.train_loss.reset()
 
     def configure_optimizers(self) -> Any:
-        return build_optimization(self.net, self.hparams.optimizer, self.hparams.schedule,
-                                  self.trainer.max_epochs, self.trainer.estimated_stepping_batches)  # fmt: skip
+        return build_optimization(
+            self.net,
+            self.hparams.optimizer,
+            self.hparams.schedule,
+            self.trainer.max_epochs,
+            self.trainer.estimated_stepping_batches,
+        )
 
 
 class DivergedError(PipelineError):
     def __init__(self, epoch: int, lr: float, loss: float) -> None:
-        super().__init__(f"training diverged in epoch {epoch}: the loss became {loss}. Lower the learning rate "
-                         f"(optimizer.lr is {lr:g}; try {lr / 10:g}) or enable gradient_clip.")  # fmt: skip
+        super().__init__(
+            f"training diverged in epoch {epoch}: the loss became {loss}. Lower the learning rate "
+            f"(optimizer.lr is {lr:g}; try {lr / 10:g}) or enable gradient_clip."
+        )
 
 
-def build_optimization(net: nn.Module, optimizer: dict[str, Any], schedule: dict[str, Any], max_epochs: int,
-                       total_steps: int) -> dict[str, Any]:  # fmt: skip
+def build_optimization(
+    net: nn.Module, optimizer: dict[str, Any], schedule: dict[str, Any], max_epochs: int, total_steps: int
+) -> dict[str, Any]:
     params = [p for p in net.parameters() if p.requires_grad]
     name, lr, wd = optimizer["name"], optimizer["lr"], optimizer["weight_decay"]
     if name == "adam":
@@ -242,17 +262,21 @@ def build_optimization(net: nn.Module, optimizer: dict[str, Any], schedule: dict
     elif name == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     elif name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=optimizer["momentum"],
-                              nesterov=optimizer["nesterov"])  # fmt: skip
+        opt = torch.optim.SGD(
+            params, lr=lr, weight_decay=wd, momentum=optimizer["momentum"], nesterov=optimizer["nesterov"]
+        )
     else:
         opt = torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=optimizer["momentum"])
 
     kind, factor = schedule["name"], schedule["factor"]
     if kind == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=factor,
-                                                               patience=schedule["patience"])  # fmt: skip
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch",
-                                                  "name": "train/lr"}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=factor, patience=schedule["patience"]
+        )
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch", "name": "train/lr"},
+        }
     if kind == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, int(total_steps)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
@@ -285,8 +309,11 @@ class History(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # (runs before ModelCheckpoint's own on_validation_end, so last.ckpt holds this epoch's row)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/", "diag/"))
-                   and "initial" not in k}  # fmt: skip
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/", "diag/")) and "initial" not in k
+        }
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         row = {"epoch": trainer.current_epoch, **metrics, "lr": lr}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
@@ -309,8 +336,11 @@ class LossGuard(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if not self.logged_initial and trainer.current_epoch == 0 and batch_idx == 0:
             expected = math.log(2) if module.multi_label else math.log(len(module.hparams.labels))
-            module.log_dict({"train/initial_loss": float(outputs["loss"]), "train/initial_loss_expected": expected},
-                            on_step=True, on_epoch=False)  # fmt: skip
+            module.log_dict(
+                {"train/initial_loss": float(outputs["loss"]), "train/initial_loss_expected": expected},
+                on_step=True,
+                on_epoch=False,
+            )
             self.logged_initial = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -318,9 +348,11 @@ class LossGuard(pl.Callback):
         if self.first_epoch_loss is None:
             self.first_epoch_loss = loss
         elif loss > 3 * self.first_epoch_loss:
-            raise PipelineError(f"training loss exploded in epoch {trainer.current_epoch}: {loss:.4g} is more than 3x "
-                                f"the first epoch's {self.first_epoch_loss:.4g}. Lower optimizer.lr "
-                                f"(now {module.hparams['optimizer']['lr']:g}).")  # fmt: skip
+            raise PipelineError(
+                f"training loss exploded in epoch {trainer.current_epoch}: {loss:.4g} is more than 3x "
+                f"the first epoch's {self.first_epoch_loss:.4g}. Lower optimizer.lr "
+                f"(now {module.hparams['optimizer']['lr']:g})."
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"first_epoch_loss": self.first_epoch_loss, "logged_initial": self.logged_initial}
@@ -344,8 +376,10 @@ class Diagnostics(pl.Callback):
         data = trainer.datamodule
         x = normalize(data.val_x[: 2 * data.batch_size].to(module.device))
         fired: dict[str, torch.Tensor] = {}
-        hooks = [relu.register_forward_hook(lambda m, i, out, name=name: fired.__setitem__(name, (out > 0).any(0)))
-                 for name, relu in relu_modules(module.net).items()]  # fmt: skip
+        hooks = [
+            relu.register_forward_hook(lambda m, i, out, name=name: fired.__setitem__(name, (out > 0).any(0)))
+            for name, relu in relu_modules(module.net).items()
+        ]
         with torch.no_grad():
             module.net(x)
         for hook in hooks:
@@ -373,21 +407,29 @@ def check_hardware(trainer: Any) -> None:
     """Clear errors for settings this machine cannot run, before any work starts."""
     gpus = torch.cuda.device_count()
     if trainer.accelerator == "gpu" and gpus < trainer.devices:
-        raise PipelineError(f"trainer.accelerator is gpu with trainer.devices: {trainer.devices}, but this machine "
-                            f"has {gpus} CUDA device(s); use accelerator: cpu or auto")  # fmt: skip
+        raise PipelineError(
+            f"trainer.accelerator is gpu with trainer.devices: {trainer.devices}, but this machine "
+            f"has {gpus} CUDA device(s); use accelerator: cpu or auto"
+        )
     on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and gpus == 0)
     if on_cpu and trainer.precision == "16-mixed":
         raise PipelineError("trainer.precision: 16-mixed needs a GPU; on CPU use 32 or bf16-mixed")
     if on_cpu and trainer.precision == "bf16-mixed" and not torch.backends.mkldnn.is_available():
         raise PipelineError("trainer.precision: bf16-mixed is not supported by this CPU build; use 32")
-    if trainer.accelerator != "cpu" and gpus and trainer.precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+    if (
+        trainer.accelerator != "cpu"
+        and gpus
+        and trainer.precision == "bf16-mixed"
+        and not torch.cuda.is_bf16_supported()
+    ):
         raise PipelineError("trainer.precision: bf16-mixed is not supported by this GPU; use 16-mixed or 32")
     if trainer.devices * trainer.num_nodes > 1 and trainer.strategy == "auto":
         raise PipelineError("trainer.strategy: choose ddp, ddp_spawn or ddp_fork to train on several devices")
 
 
-def build_trainer(params: TrainParams, checkpoint_dir: Path, logger: Any, extra_callbacks: list | None = None,
-                  progress: bool = True) -> pl.Trainer:  # fmt: skip
+def build_trainer(
+    params: TrainParams, checkpoint_dir: Path, logger: Any, extra_callbacks: list | None = None, progress: bool = True
+) -> pl.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     t = params.trainer
@@ -395,8 +437,9 @@ def build_trainer(params: TrainParams, checkpoint_dir: Path, logger: Any, extra_
     callbacks = [
         # The best epoch by validation AUC, and every epoch's state for resuming (Lightning 2.6's save_last only
         # writes when the monitored metric improved, which would lose epochs on resume).
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/auc", mode="max",
-                        enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="best", monitor="val/auc", mode="max", enable_version_counter=False
+        ),
         ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False),
         History(),
         LossGuard(),
@@ -411,29 +454,53 @@ def build_trainer(params: TrainParams, checkpoint_dir: Path, logger: Any, extra_
     if progress:
         callbacks.append(RichProgressBar(leave=True))
     return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, deterministic=t.deterministic, accumulate_grad_batches=t.accumulate_grad_batches,
-        max_epochs=params.max_epochs, gradient_clip_val=params.gradient_clip or None,
-        overfit_batches=params.overfit_batches, reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,
-        logger=logger, callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=1,
-    )  # fmt: skip
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        max_epochs=params.max_epochs,
+        gradient_clip_val=params.gradient_clip or None,
+        overfit_batches=params.overfit_batches,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
 
 
 def build_classifier(params: TrainParams, meta: DatasetMeta, channels_last: bool = False) -> Classifier:
     """A fresh Classifier for this dataset; with ``model.init_from``, start from another run's weights."""
-    module = Classifier(params.model.model_dump(), meta.task, list(meta.labels), meta.n_channels, meta.size,
-                        params.optimizer.model_dump(), params.schedule.model_dump(), params.batch_augment.model_dump(),
-                        channels_last)  # fmt: skip
+    module = Classifier(
+        params.model.model_dump(),
+        meta.task,
+        list(meta.labels),
+        meta.n_channels,
+        meta.size,
+        params.optimizer.model_dump(),
+        params.schedule.model_dump(),
+        params.batch_augment.model_dump(),
+        channels_last,
+    )
     if params.model.init_from:
         source = load_exported(params.model.init_from)
         if source["model"]["name"] != params.model.name:
-            raise PipelineError(f"model.init_from: {params.model.init_from} holds a {source['model']['name']}, "
-                                f"but model.name is {params.model.name}")  # fmt: skip
+            raise PipelineError(
+                f"model.init_from: {params.model.init_from} holds a {source['model']['name']}, "
+                f"but model.name is {params.model.name}"
+            )
         weights = {k: v for k, v in source["state_dict"].items() if not k.startswith("head.")}
         module.net.load_state_dict(weights, strict=False)
         if len(source["labels"]) == len(meta.labels) and source["task"] == meta.task:
-            module.net.head.load_state_dict({k[5:]: v for k, v in source["state_dict"].items() if k.startswith("head.")})
+            module.net.head.load_state_dict(
+                {k[5:]: v for k, v in source["state_dict"].items() if k.startswith("head.")}
+            )
         else:
             replace_head(module.net, len(meta.labels))
         if params.model.freeze == "backbone":
@@ -447,20 +514,37 @@ def build_classifier(params: TrainParams, meta: DatasetMeta, channels_last: bool
 # --- exported models ----------------------------------------------------------------------------------------
 
 
-def export_model(module: Classifier, meta: DatasetMeta, val_metrics: dict[str, float], path: Path,
-                 history: pd.DataFrame, run_id: str | None) -> None:  # fmt: skip
+def export_model(
+    module: Classifier,
+    meta: DatasetMeta,
+    val_metrics: dict[str, float],
+    path: Path,
+    history: pd.DataFrame,
+    run_id: str | None,
+) -> None:
     """A small file for inference and transfer learning: weights and plain facts only (with the per-epoch history
-    and the MLflow run that trained it, for the evaluation report), so it loads with ``torch.load(weights_only=True)``."""
+    and the MLflow run that trained it, for the evaluation report); loads with ``torch.load(weights_only=True)``."""
     net = getattr(module.net, "_orig_mod", module.net)  # unwrap torch.compile
     h = module.hparams
-    torch.save({
-        "format": MODEL_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "model": dict(h.model), "task": h.task, "labels": list(h.labels), "in_channels": h.in_channels,
-        "image_size": h.image_size, "dataset": {"flag": meta.flag, "size": meta.size, "md5": meta.md5},
-        "val": dict(val_metrics), "mlflow_run_id": run_id,
-        "history": [{k: (None if pd.isna(v) else float(v) if k != "epoch" else int(v)) for k, v in row.items()}
-                    for row in history.to_dict("records")],
-    }, path)  # fmt: skip
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "model": dict(h.model),
+            "task": h.task,
+            "labels": list(h.labels),
+            "in_channels": h.in_channels,
+            "image_size": h.image_size,
+            "dataset": {"flag": meta.flag, "size": meta.size, "md5": meta.md5},
+            "val": dict(val_metrics),
+            "mlflow_run_id": run_id,
+            "history": [
+                {k: (None if pd.isna(v) else float(v) if k != "epoch" else int(v)) for k, v in row.items()}
+                for row in history.to_dict("records")
+            ],
+        },
+        path,
+    )
 
 
 def load_exported(path: str | Path) -> dict[str, Any]:
@@ -468,7 +552,7 @@ def load_exported(path: str | Path) -> dict[str, Any]:
         exported = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such model file") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling errors of every kind mean the same
         raise PipelineError(f"{path}: not a model file of this project ({exc})") from None
     if not isinstance(exported, dict) or exported.get("format") != MODEL_FORMAT:
         raise PipelineError(f"{path}: not a model file of this project (expected format {MODEL_FORMAT})")
@@ -496,6 +580,8 @@ class ProbabilityModel(nn.Module):
 def predict_scores(net: nn.Module, images: torch.Tensor, task: str, batch_size: int = 512) -> np.ndarray:
     """Class probabilities (N, C) for uint8 images (N, C, H, W)."""
     device = next(net.parameters()).device
-    out = [scores_from_logits(net(normalize(images[i : i + batch_size].to(device))).float(), task).cpu()
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+    out = [
+        scores_from_logits(net(normalize(images[i : i + batch_size].to(device))).float(), task).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).numpy()

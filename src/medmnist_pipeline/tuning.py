@@ -40,8 +40,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def study_name(params: Params, meta: DatasetMeta) -> str:
     """Same data + same search + same fixed training settings = same study (resumable); anything else = new."""
     tune = params.tune.model_dump(by_alias=True, exclude={"n_trials", "timeout_s", "storage"})
-    defining = {"data": [meta.md5, meta.size], "seed": params.seed, "tune": tune, "train": params.train.model_dump(),
-                "augment": params.augment.model_dump() if params.train.augmented else None}  # fmt: skip
+    defining = {
+        "data": [meta.md5, meta.size],
+        "seed": params.seed,
+        "tune": tune,
+        "train": params.train.model_dump(),
+        "augment": params.augment.model_dump() if params.train.augmented else None,
+    }
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{meta.flag}{meta.size}-{digest}"
 
@@ -77,9 +82,14 @@ def pruner_for(params: Params, max_epochs: int) -> optuna.pruners.BasePruner:
 def open_study(params: Params, meta: DatasetMeta) -> optuna.Study:
     trial_max_epochs = int(params.tune.fixed.get("train.max_epochs", params.train.max_epochs))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=study_name(params, meta), storage=storage_for(params),
-                               sampler=sampler_for(params), pruner=pruner_for(params, trial_max_epochs),
-                               direction=params.tune.direction, load_if_exists=True)  # fmt: skip
+    return optuna.create_study(
+        study_name=study_name(params, meta),
+        storage=storage_for(params),
+        sampler=sampler_for(params),
+        pruner=pruner_for(params, trial_max_epochs),
+        direction=params.tune.direction,
+        load_if_exists=True,
+    )
 
 
 def worker_id() -> str:
@@ -164,8 +174,9 @@ def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] 
     for path, dist in params.tune.space.items():
         value = get_path(tree, path)
         bounds = dist.float_ or dist.int_
-        if (dist.categorical is not None and value not in dist.categorical) or \
-                (bounds is not None and not bounds[0] <= value <= bounds[1]):  # fmt: skip
+        if (dist.categorical is not None and value not in dist.categorical) or (
+            bounds is not None and not bounds[0] <= value <= bounds[1]
+        ):
             return None
         values[path] = value
     study.enqueue_trial(values)
@@ -185,8 +196,15 @@ def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: DatasetMeta, parent_run_id: str,
-              trials_dir: Path, log) -> None:  # fmt: skip
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    params: Params,
+    meta: DatasetMeta,
+    parent_run_id: str,
+    trials_dir: Path,
+    log,
+) -> None:
     """Train one trial in its own nested MLflow run and tell the study how it ended."""
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
@@ -198,17 +216,26 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
 
     started = time.perf_counter()
     values = {path: suggest(trial, path, dist) for path, dist in params.tune.space.items()}
-    run = mlflow.start_run(experiment_id=experiment_id(params), run_name=f"tune/trial-{trial.number}",
-                           nested=True, parent_run_id=parent_run_id,
-                           tags={"stage": "tune", "tune.trial": str(trial.number), "tune.study": study.study_name,
-                                 "tune.worker": worker_id()})  # fmt: skip
+    run = mlflow.start_run(
+        experiment_id=experiment_id(params),
+        run_name=f"tune/trial-{trial.number}",
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={
+            "stage": "tune",
+            "tune.trial": str(trial.number),
+            "tune.study": study.study_name,
+            "tune.worker": worker_id(),
+        },
+    )
     try:
         mlflow.log_params(flatten(values))
         section = trial_train_params(params, values)
         # every train.* key, as the train stage's runs have them: trials and train runs compare side by side
         mlflow.log_params({k: v for k, v in flatten({"train": section.model_dump()}).items() if k not in values})
-        logger = MLFlowLogger(experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params),
-                              run_id=run.info.run_id)  # fmt: skip
+        logger = MLFlowLogger(
+            experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
+        )
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
         checkpoint_dir = trials_dir / f"trial-{trial.number}"
         result = fit(section, params.seed, meta, checkpoint_dir, logger, callbacks=[pruning], progress=False)
@@ -228,7 +255,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
         mlflow.set_tag("tune.pruned_at_epoch", str(epochs - 1))
         mlflow.end_run("KILLED")  # pruned is not a failure
         verdict = f"pruned at epoch {epochs - 1}" if epochs else f"pruned ({pruned})"
-    except Exception as exc:  # a bad combination, NaN loss, out of memory...: record it, the study goes on
+    except Exception as exc:  # noqa: BLE001 - a bad combination, NaN loss, out of memory...: record it, the study goes on
         reason = f"{type(exc).__name__}: {exc}"
         trial.set_user_attr("fail_reason", reason[:2000])
         tell(study, trial, state=TrialState.FAIL)
@@ -239,8 +266,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, params: Params, meta: Da
         shutil.rmtree(trials_dir / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
     best = _best_value(study)
     shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items())
-    log(f"trial {trial.number:3d} [{shown}] -> {verdict}; {time.perf_counter() - started:5.1f} s; "
-        f"best so far {best}")
+    log(f"trial {trial.number:3d} [{shown}] -> {verdict}; {time.perf_counter() - started:5.1f} s; best so far {best}")
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
@@ -301,8 +327,10 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         reasons = {t.user_attrs.get("fail_reason", t.state.name) for t in study.get_trials(deepcopy=False)}
-        raise PipelineError(f"no tuning trial completed in study {study.study_name} "
-                            f"({len(study.trials)} trials); reasons: {'; '.join(sorted(reasons))[:2000]}")  # fmt: skip
+        raise PipelineError(
+            f"no tuning trial completed in study {study.study_name} "
+            f"({len(study.trials)} trials); reasons: {'; '.join(sorted(reasons))[:2000]}"
+        )
     return study.best_trial
 
 
@@ -325,10 +353,13 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
     from optuna.visualization import matplotlib as views
 
     saved = []
-    for name, view in [("optimization_history", views.plot_optimization_history),
-                       ("param_importances", views.plot_param_importances),
-                       ("parallel_coordinate", views.plot_parallel_coordinate), ("slice", views.plot_slice),
-                       ("intermediate_values", views.plot_intermediate_values)]:  # fmt: skip
+    for name, view in [
+        ("optimization_history", views.plot_optimization_history),
+        ("param_importances", views.plot_param_importances),
+        ("parallel_coordinate", views.plot_parallel_coordinate),
+        ("slice", views.plot_slice),
+        ("intermediate_values", views.plot_intermediate_values),
+    ]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "experimental" notices
@@ -339,6 +370,6 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
             figure.savefig(out_dir / f"{name}.png", dpi=110)
             plt.close(figure)
             saved.append(out_dir / f"{name}.png")
-        except Exception as exc:  # e.g. importances need two completed trials with varying params
+        except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials with varying params
             log(f"plot {name} skipped: {exc}")
     return saved

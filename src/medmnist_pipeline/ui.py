@@ -7,6 +7,7 @@ library is imported here: the server pays MLflow's import cost, not this command
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -48,7 +49,7 @@ def is_loopback(host: str) -> bool:
 
 def url_host(host: str) -> str:
     """Where a browser on this machine reaches a server bound to ``host``."""
-    if host in ("0.0.0.0", ""):
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a comparison, not a bind
         return "127.0.0.1"
     if host == "::":
         return "[::1]"
@@ -65,20 +66,35 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise PipelineError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server using it? "
-                                "Choose another port with --port") from None  # fmt: skip
+            raise PipelineError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is another server using it? "
+                "Choose another port with --port"
+            ) from None
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:
     """``mlflow server`` for a database store. Runs keep the artifact location they were logged with (the
     project's ``mlruns/``, as file paths, which the server reads directly); artifacts uploaded through this server
     (``MLFLOW_TRACKING_URI=http://...`` clients, new experiments) go to the same ``mlruns/``."""
-    return [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", uri,
-            "--serve-artifacts", "--artifacts-destination", str(project_root() / ARTIFACTS_DIR),
-            "--host", host, "--port", str(port),
-            "--workers", "1",  # a viewer for one person: 1 worker instead of 4
-            "--uvicorn-opts", "--no-access-log"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(project_root() / ARTIFACTS_DIR),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # a viewer for one person: 1 worker instead of 4
+        "--uvicorn-opts",
+        "--no-access-log",
+    ]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -93,7 +109,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def _get_json(url: str, timeout: float = 2.0) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own http:// URL
             body = response.read()
     except (OSError, urllib.error.URLError):
         return None
@@ -126,18 +142,14 @@ def stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the server's whole process group (MLflow's CLI, uvicorn and its workers), SIGKILL if it
     does not stop in time."""
     for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
-        try:  # stragglers of the group (a worker that outlived uvicorn's supervisor)
+        with contextlib.suppress(ProcessLookupError):  # stragglers (a worker that outlived uvicorn's supervisor)
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return
 
 
@@ -153,8 +165,11 @@ def main(params_path: str | Path = "params.yaml", host: str = DEFAULT_HOST, port
     if not 0 < port < 65536:
         raise PipelineError(f"--port {port}: expected 1-65535")
     if not is_loopback(host):
-        print(f"medmnist-pipeline ui: warning: --host {host} exposes the MLflow UI and its REST API (read, edit and "
-              "delete runs, no authentication) to the network", file=sys.stderr)  # fmt: skip
+        print(
+            f"medmnist-pipeline ui: warning: --host {host} exposes the MLflow UI and its REST API (read, edit and "
+            "delete runs, no authentication) to the network",
+            file=sys.stderr,
+        )
     check_port_free(host, port)
 
     base = f"http://{url_host(host)}:{port}"

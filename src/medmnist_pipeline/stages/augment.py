@@ -37,8 +37,14 @@ def main(params_path: str) -> None:
                 columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
                 with Progress(*columns) as progress:
                     task = progress.add_task("augmenting", total=copies * len(images))
-                    augment_images(images, params.augment.transforms, copies, params.seed, out,
-                                   advance=lambda n: progress.advance(task, n))  # fmt: skip
+                    augment_images(
+                        images,
+                        params.augment.transforms,
+                        copies,
+                        params.seed,
+                        out,
+                        advance=lambda n: progress.advance(task, n),
+                    )
                 out.flush()
                 del out
             (tmp / "meta.json").write_text(json.dumps({"copies": copies, "seed": params.seed}, indent=2) + "\n")
@@ -50,9 +56,16 @@ def main(params_path: str) -> None:
         picks = np.linspace(0, len(images) - 1, PREVIEW_IMAGES).astype(int)
         rows = [(f"#{i}", np.stack([images[i], *augmented[:PREVIEW_COPIES, i]])) for i in picks]
         shown = min(copies, PREVIEW_COPIES)
-        title = f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
-        preview = image_grid(rows, REPORTS_DIR / "augment" / "preview.png", title, columns=1 + shown,
-                             column_titles=["original"] + [f"copy {k + 1}" for k in range(shown)])  # fmt: skip
+        title = (
+            f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
+        )
+        preview = image_grid(
+            rows,
+            REPORTS_DIR / "augment" / "preview.png",
+            title,
+            columns=1 + shown,
+            column_titles=["original"] + [f"copy {k + 1}" for k in range(shown)],
+        )
 
         mlflow.log_metrics({"augment_images_per_s": rate, "augment_seconds": seconds})
         mlflow.log_artifact(str(preview), artifact_path="augment")

@@ -27,8 +27,10 @@ def main(params_path: str) -> None:
         mlflow.set_tags(dataset_tags(meta))
 
         # download produces every split; later stages never open the test split (only evaluate does).
-        summary = {s: {"count": meta.n_samples[s], "classes": class_counts(load_split(PREPARED_DIR, s)[1], meta)}
-                   for s in SPLITS}  # fmt: skip
+        summary = {
+            s: {"count": meta.n_samples[s], "classes": class_counts(load_split(PREPARED_DIR, s)[1], meta)}
+            for s in SPLITS
+        }
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -41,5 +43,8 @@ def main(params_path: str) -> None:
 
         mlflow.log_metrics({f"n_{split}": meta.n_samples[split] for split in SPLITS})
         mlflow.log_artifacts(str(reports), artifact_path="data")
-        print(f"{meta.flag} {meta.size}px ({meta.task}): "
-              + ", ".join(f"{s} {meta.n_samples[s]}" for s in SPLITS) + f" -> {PREPARED_DIR}; run {run.info.run_id}")
+        print(
+            f"{meta.flag} {meta.size}px ({meta.task}): "
+            + ", ".join(f"{s} {meta.n_samples[s]}" for s in SPLITS)
+            + f" -> {PREPARED_DIR}; run {run.info.run_id}"
+        )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-
 from medmnist_pipeline.config import TrainParams, load_params, load_section
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.evaluation import (
@@ -50,13 +49,16 @@ def main(params_path: str) -> None:
         for name, exported in models.items():
             test_scores[name] = scores(exported, splits["test"])
             metrics[name] = {
-                "test": metrics_with_ci(splits["test"].labels, test_scores[name], meta.task, settings.bootstrap,
-                                        params.seed),  # fmt: skip
+                "test": metrics_with_ci(
+                    splits["test"].labels, test_scores[name], meta.task, settings.bootstrap, params.seed
+                ),
                 "val": split_metrics(splits["val"].labels, scores(exported, splits["val"]), meta.task),
             }
             t = metrics[name]["test"]
-            print(f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
-                  f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]")  # fmt: skip
+            print(
+                f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
+                f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
+            )
         best = max(metrics, key=lambda name: metrics[name]["val"]["auc"])  # chosen on validation, never on test
 
         fractions = settings.learning_curve.fractions
@@ -79,34 +81,72 @@ def main(params_path: str) -> None:
         wide = histories.pivot_table(index="epoch", columns="model", sort=False)
         wide.columns = [f"{model}_{column}" for column, model in wide.columns]
         wide.reset_index().to_csv(out / "learning_curves.csv", index=False)
-        A.save_figure(A.plot_histories(histories, f"Learning curves ({meta.flag} {meta.size}px)"),
-                      out / "learning_curves.png")  # fmt: skip
+        A.save_figure(
+            A.plot_histories(histories, f"Learning curves ({meta.flag} {meta.size}px)"), out / "learning_curves.png"
+        )
         sizes.to_csv(out / "size_curve.csv", index=False)
         reading = A.read_size_curve(sizes) if len(sizes) >= 2 else None
-        A.save_figure(A.plot_size_curve(sizes, "Training-set size curve (tuned configuration)") if len(sizes)
-                      else _off_figure("evaluate.learning_curve.fractions is []"), out / "size_curve.png")  # fmt: skip
+        A.save_figure(
+            A.plot_size_curve(sizes, "Training-set size curve (tuned configuration)")
+            if len(sizes)
+            else _off_figure("evaluate.learning_curve.fractions is []"),
+            out / "size_curve.png",
+        )
 
-        findings = error_analysis(splits["test"], test_scores[best], meta.task, meta.labels, out, best,
-                                  settings.error_analysis.gallery, settings.error_analysis.calibration_bins)  # fmt: skip
-        (out / "report.md").write_text(render(ReportInputs(
-            meta=meta, metrics=metrics, comparison=comparison, best=best, findings=findings, size_curve=sizes,
-            size_reading=reading, seeds=seed_stats, confidence=settings.bootstrap.confidence, run_ids=run_ids,
-            n_test=len(splits["test"].labels))))  # fmt: skip
+        findings = error_analysis(
+            splits["test"],
+            test_scores[best],
+            meta.task,
+            meta.labels,
+            out,
+            best,
+            settings.error_analysis.gallery,
+            settings.error_analysis.calibration_bins,
+        )
+        (out / "report.md").write_text(
+            render(
+                ReportInputs(
+                    meta=meta,
+                    metrics=metrics,
+                    comparison=comparison,
+                    best=best,
+                    findings=findings,
+                    size_curve=sizes,
+                    size_reading=reading,
+                    seeds=seed_stats,
+                    confidence=settings.bootstrap.confidence,
+                    run_ids=run_ids,
+                    n_test=len(splits["test"].labels),
+                )
+            )
+        )
 
-        logged = {f"{split}/{metric}/{name}": m[split][metric]
-                  for name, m in metrics.items() for split in ("test", "val") for metric in ("acc", "auc")}  # fmt: skip
-        logged.update({"test/acc": metrics[best]["test"]["acc"], "test/auc": metrics[best]["test"]["auc"],
-                       "ece": findings["ece"]})  # fmt: skip
+        logged = {
+            f"{split}/{metric}/{name}": m[split][metric]
+            for name, m in metrics.items()
+            for split in ("test", "val")
+            for metric in ("acc", "auc")
+        }
+        logged.update(
+            {"test/acc": metrics[best]["test"]["acc"], "test/auc": metrics[best]["test"]["auc"], "ece": findings["ece"]}
+        )
         mlflow.log_metrics(logged)
         mlflow.set_tag("evaluate.best_model", best)
         beats = metrics["tuned"]["val"]["auc"] > metrics["baseline"]["val"]["auc"]  # validation: test stays unseen
         name, version = register_tuned(models["tuned"], meta, beats)
-        print(f"registered the tuned model as {name} version {version}"
-              + (" with alias candidate (it beats the baseline on validation AUC)" if beats else
-                 " (no candidate alias: it does not beat the baseline on validation AUC)"))  # fmt: skip
+        print(
+            f"registered the tuned model as {name} version {version}"
+            + (
+                " with alias candidate (it beats the baseline on validation AUC)"
+                if beats
+                else " (no candidate alias: it does not beat the baseline on validation AUC)"
+            )
+        )
         mlflow.log_artifacts(str(out), artifact_path="evaluate")
-        print(f"evaluate: best on validation is {best}: test AUC {metrics[best]['test']['auc']:.4f}, "
-              f"ACC {metrics[best]['test']['acc']:.4f}; report {out / 'report.md'}; MLflow run {run.info.run_id}")
+        print(
+            f"evaluate: best on validation is {best}: test AUC {metrics[best]['test']['auc']:.4f}, "
+            f"ACC {metrics[best]['test']['acc']:.4f}; report {out / 'report.md'}; MLflow run {run.info.run_id}"
+        )
     shutil.rmtree(RETRAIN_DIR, ignore_errors=True)  # finished: the next evaluate retrains in runs of its own
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import yaml
-from pathlib import Path
 from optuna.trial import TrialState
 
 from medmnist_pipeline.config import check_trials_can_run, load_params
@@ -44,16 +44,23 @@ def main(params_path: str, worker: bool = False) -> None:
     if worker:  # join the study; the `tune` stage itself writes the outputs
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent is None:
-            raise PipelineError(f"study {study.study_name} has no tune run yet: start `medmnist-pipeline tune` "
-                                "(or `dvc repro tune`) first, then add workers")  # fmt: skip
+            raise PipelineError(
+                f"study {study.study_name} has no tune run yet: start `medmnist-pipeline tune` "
+                "(or `dvc repro tune`) first, then add workers"
+            )
         optimize(study, params, meta, parent)
         return
 
     started = time.perf_counter()
     reports = REPORTS_DIR / "tune"
     tags = {**dataset_tags(meta), "tune.study": study.study_name}
-    with stage_run("tune", params, ["seed", "tune", "train"], tags=tags,
-                   run_id=existing_run(params, study.user_attrs.get("mlflow_parent_run_id"))) as run:  # fmt: skip
+    with stage_run(
+        "tune",
+        params,
+        ["seed", "tune", "train"],
+        tags=tags,
+        run_id=existing_run(params, study.user_attrs.get("mlflow_parent_run_id")),
+    ) as run:
         import mlflow
 
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
@@ -68,13 +75,17 @@ def main(params_path: str, worker: bool = False) -> None:
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "best_params.yaml").write_text(
             f"# The train params of trial {best.number} of study {study.study_name} "
-            f"({params.tune.metric} {best.value:.4f})\n" + yaml.safe_dump({"train": best_params}, sort_keys=False))
+            f"({params.tune.metric} {best.value:.4f})\n" + yaml.safe_dump({"train": best_params}, sort_keys=False)
+        )
         trials_table(study).to_csv(reports / "trials.csv", index=False)
         states = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
-        metrics = {"best": {params.tune.metric: best.value, "trial": best.number}, "trials": states,
-                   "trial_seconds": round(trial_seconds, 1),
-                   "stage_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        metrics = {
+            "best": {params.tune.metric: best.value, "trial": best.number},
+            "trials": states,
+            "trial_seconds": round(trial_seconds, 1),
+            "stage_seconds": round(time.perf_counter() - started, 1),
+        }
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_study_plots(study, reports)
 
@@ -82,13 +93,17 @@ def main(params_path: str, worker: bool = False) -> None:
         MODELS_DIR.mkdir(parents=True, exist_ok=True)
         source = best.user_attrs.get("model_path")
         if not source or not Path(source).is_file():
-            raise PipelineError(f"the best trial's model {source} is not on this machine (it ran in a worker "
-                                "elsewhere); copy it here or run tune where the trials' files are shared")  # fmt: skip
+            raise PipelineError(
+                f"the best trial's model {source} is not on this machine (it ran in a worker "
+                "elsewhere); copy it here or run tune where the trials' files are shared"
+            )
         shutil.copyfile(source, MODELS_DIR / "tuned.ckpt")
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         mlflow.set_tag("tune.best_trial", str(best.number))
         mlflow.log_artifacts(str(reports), artifact_path="tune")
-        print(f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
-              f"-> {MODELS_DIR / 'tuned.ckpt'}, {reports}; MLflow run {run.info.run_id}")
+        print(
+            f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
+            f"-> {MODELS_DIR / 'tuned.ckpt'}, {reports}; MLflow run {run.info.run_id}"
+        )
