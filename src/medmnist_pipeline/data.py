@@ -23,6 +23,7 @@ from medmnist_pipeline.files import atomic_file, md5sum
 from medmnist_pipeline.metadata import DATASETS, SPLITS
 
 MIRROR_ENV = "MEDMNIST_MIRROR"
+CUSTOM_SOURCE = "custom-source.json"  # data/raw's content for custom data: the file's path and MD5
 ARRAY_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
@@ -57,7 +58,11 @@ def fetch(params: DataParams, raw_dir: Path, log=print) -> tuple[Path, str]:
         path = Path(params.custom.path)
         if not path.is_file():
             raise PipelineError(f"data.custom.path: {path} does not exist")
-        return path, md5sum(path)
+        md5 = md5sum(path)
+        # dvc.yaml declares data/raw as the download stage's output whatever the data: say where the file is.
+        with atomic_file(raw_dir / CUSTOM_SOURCE) as tmp:
+            tmp.write_text(json.dumps({"path": str(path), "md5": md5}, indent=2) + "\n")
+        return path, md5
 
     info = DATASETS[params.flag]
     name, expected = info.file_name(params.size), info.md5[params.size]
@@ -72,13 +77,25 @@ def fetch(params: DataParams, raw_dir: Path, log=print) -> tuple[Path, str]:
     mirror = os.environ.get(MIRROR_ENV) or params.mirror
     if mirror and (Path(mirror) / name).is_file():
         log(f"copying {name} from mirror {mirror}")
-        with atomic_file(target) as tmp:
-            shutil.copyfile(Path(mirror) / name, tmp)
-            _check_md5(tmp, expected, source=str(Path(mirror) / name))
+        source = Path(mirror) / name
+        try:
+            with atomic_file(target) as tmp:
+                shutil.copyfile(source, tmp)
+                _check_md5(tmp, expected, source=str(source))
+        except PermissionError as exc:
+            denied = source if exc.filename == str(source) else target
+            raise PipelineError(f"{denied}: permission denied; make it readable, or unset the mirror") from None
+        except OSError as exc:
+            raise PipelineError(f"cannot copy {source} to {target}: {exc.strerror or exc}") from None
         return target, expected
     if mirror:
         log(f"mirror {mirror} has no {name}; downloading it")
 
+    limit = Limits(
+        max_bytes=info.max_file_bytes(params.size),
+        min_rate=MIN_RATE_BYTES_PER_S,
+        grace_s=params.download.timeout_s,
+    )
     download(
         info.url(params.size),
         target,
@@ -86,22 +103,51 @@ def fetch(params: DataParams, raw_dir: Path, log=print) -> tuple[Path, str]:
         params.download.timeout_s,
         params.download.retries,
         params.download.backoff_s,
+        limit=limit,
         log=log,
     )
     return target, expected
 
 
-def download(url: str, target: Path, md5: str, timeout_s: float, retries: int, backoff_s: float, log=print) -> None:
+# A download slower than this on average (after its first ``timeout_s``) is abandoned: at this rate the largest
+# official file (pathmnist 224 px) would still arrive within a working day; a trickling server never ends.
+MIN_RATE_BYTES_PER_S = 32 << 10
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one download attempt: its size, and its average rate once ``grace_s`` have passed (so the
+    attempt's overall deadline is ``grace_s + max_bytes / min_rate``)."""
+
+    max_bytes: int
+    min_rate: float
+    grace_s: float
+
+    @property
+    def deadline_s(self) -> float:
+        return self.grace_s + self.max_bytes / self.min_rate
+
+
+def download(
+    url: str,
+    target: Path,
+    md5: str,
+    timeout_s: float,
+    retries: int,
+    backoff_s: float,
+    limit: Limits,
+    log=print,
+) -> None:
     """Download ``url`` to ``target`` through a temporary file that is renamed only once its MD5 matches."""
     last_error: Exception | None = None
     for attempt in range(retries + 1):
         if attempt:
             wait = backoff_s * 2 ** (attempt - 1)
-            log(f"retry {attempt}/{retries} in {wait:.0f} s ({last_error})")
+            log(f"retry {attempt}/{retries} in {wait:.3g} s ({last_error})")
             time.sleep(wait)
         try:
             with atomic_file(target) as tmp:
-                _stream(url, tmp, timeout_s, label=target.name)
+                _stream(url, tmp, timeout_s, limit, label=target.name)
                 _check_md5(tmp, md5, source=url)
             return
         except urllib.error.HTTPError as exc:
@@ -115,17 +161,32 @@ def download(url: str, target: Path, md5: str, timeout_s: float, retries: int, b
     )
 
 
-def _stream(url: str, path: Path, timeout_s: float, label: str) -> None:
+def _stream(url: str, path: Path, timeout_s: float, limit: Limits, label: str) -> None:
     from tqdm import tqdm
 
+    started = time.monotonic()
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(path, "wb") as f:  # noqa: S310
         total = int(response.headers.get("Content-Length") or 0) or None
+        if total is not None and total > limit.max_bytes:  # not retried: the same server will announce the same
+            raise PipelineError(
+                f"{url}: announces {total} bytes, more than the official file can be ({limit.max_bytes})"
+            )
         received = 0
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
+            # read1: whatever has arrived, so that a trickling server is seen between bytes, not after 1 MiB
+            while chunk := response.read1(1 << 20):
                 received += len(chunk)
+                if received > limit.max_bytes:
+                    raise PipelineError(
+                        f"{url}: sent more than {limit.max_bytes} bytes, more than the official file can be; discarded"
+                    )
+                f.write(chunk)
                 bar.update(len(chunk))
+                elapsed = time.monotonic() - started
+                if elapsed > limit.grace_s and received / elapsed < limit.min_rate:
+                    raise TimeoutError(
+                        f"too slow: {received} bytes in {elapsed:.0f} s, under {limit.min_rate:.0f} bytes/s"
+                    )
     # read(amt) returns b"" when the server closes early, without raising: compare with the announced length.
     if total is not None and received != total:
         raise http.client.IncompleteRead(b"", total - received)

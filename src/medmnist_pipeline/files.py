@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from medmnist_pipeline.errors import PipelineError
+
+# Room kept free beyond an output's own size: metadata, the preview figure, MLflow's store and the OS itself.
+FREE_SPACE_MARGIN_BYTES = 64 << 20
 
 
 def md5sum(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -27,22 +33,72 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
 
 
 @contextmanager
 def atomic_file(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; it is renamed to ``target`` only if the block finishes without error."""
+    """Yield a temporary sibling path; it is renamed to ``target`` only if the block finishes without error.
+
+    The temporary file is removed whenever ``target`` is not written, including when the final rename fails
+    (``target`` is a folder, or another file system's mount point).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     try:
         yield tmp
+        if target.is_dir():  # os.replace's own error for this case names only the temporary file
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, target)
+
+
+# --- disk space ---------------------------------------------------------------------------------------------
+
+
+def check_free_space(folder: str | Path, needed_bytes: int, what: str) -> None:
+    """Refuse to start writing ``needed_bytes`` into ``folder`` when its file system has less room than that."""
+    folder = Path(folder)
+    probe = next((d for d in (folder, *folder.parents) if d.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if needed_bytes + FREE_SPACE_MARGIN_BYTES > free:
+        raise PipelineError(
+            f"{what} needs {_size(needed_bytes)} in {folder}, but its disk has {_size(free)} free; "
+            "free some space or lower the output's size"
+        )
+
+
+def allocate(path: str | Path, nbytes: int, what: str) -> None:
+    """Reserve ``nbytes`` for ``path`` on disk before it is memory-mapped.
+
+    A write into a memory map whose file system is full kills the process with SIGBUS, which nothing can catch;
+    reserving the blocks first turns a full disk into an ``ENOSPC`` here, as a clear error.
+    """
+    try:
+        with open(path, "r+b") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+    except OSError as exc:
+        raise write_error(exc, what, path) from None
+
+
+def write_error(exc: OSError, what: str, path: str | Path) -> PipelineError:
+    """A one-line error for a failed write: the disk is full, or the path cannot be written."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PipelineError(f"{what}: the disk holding {path} is full ({exc.strerror}); nothing was kept")
+    return PipelineError(f"{what}: cannot write {path} ({exc.strerror or exc}); nothing was kept")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError  # unreachable

@@ -32,6 +32,13 @@ class DatasetInfo:
     def url(self, size: int) -> str:
         return ZENODO_URL.format(flag=self.flag, suffix=size_suffix(size))
 
+    def max_file_bytes(self, size: int) -> int:
+        """An upper bound on the official file's size: its arrays uncompressed (labels counted as int64), plus 1 %
+        and 1 MiB for the zip's headers and deflate's worst case. A download that grows past it is not the file."""
+        n = sum(self.n_samples.values())
+        raw = n * (size * size * self.n_channels + 8 * len(self.labels))
+        return raw + raw // 100 + (1 << 20)
+
 
 def size_suffix(size: int) -> str:
     """The official file names carry no suffix for 28 px and ``_64``/``_128``/``_224`` otherwise."""
