@@ -175,6 +175,20 @@ def test_files_folder_and_out_match_predict_scores(trained: dict, tmp_path: Path
     assert (tmp_path / "o/preds.csv").read_text() == out
 
 
+def test_large_stored_npz_is_memory_mapped(tmp_path: Path) -> None:
+    from medmnist_pipeline.predict import _open_member
+
+    images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
+    np.savez(tmp_path / "stored.npz", test_images=images)
+    np.savez_compressed(tmp_path / "packed.npz", test_images=images)
+    stored, packed = (
+        _open_member(tmp_path / "stored.npz", "test_images"),
+        _open_member(tmp_path / "packed.npz", "test_images"),
+    )
+    assert isinstance(stored, np.memmap) and not isinstance(packed, np.memmap)
+    assert np.array_equal(stored, images) and np.array_equal(packed, images)
+
+
 def test_npz_inputs(trained: dict, tmp_path: Path, capsys) -> None:
     # MedMNIST layout: test_images is read; the same pixels give predict_scores' numbers.
     source = trained["data"]
@@ -267,6 +281,17 @@ def test_tracking_store_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert tracking_store(None) == "sqlite:///elsewhere.db"
 
 
+def lying_npz(path: Path, shape: tuple[int, ...], array: np.ndarray) -> None:
+    """An npz whose test_images header claims ``shape`` while its data is ``array``'s."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("test_images.npy", buffer.getvalue() + array.tobytes())
+
+
 def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (IMAGES arguments, expected message fragment)."""
     (tmp / "notes.txt").write_text("hello")
@@ -281,7 +306,11 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "zip.npz").write_text("not a zip")
     Image.fromarray(np.zeros((64, 64), np.uint8) + 7).save(tmp / "full.png")
     (tmp / "truncated.png").write_bytes((tmp / "full.png").read_bytes()[:80])
+    lying_npz(tmp / "claims-1e9.npz", (10**9, 28, 28), good)
+    lying_npz(tmp / "claims-3.npz", (3, 28, 28), good)  # holds 2 images
     return {
+        "header claims 10**9 images": ([str(tmp / "claims-1e9.npz")], "claims shape (1000000000, 28, 28)"),
+        "header claims more than it holds": ([str(tmp / "claims-3.npz")], "claims shape (3, 28, 28) (2,352 bytes)"),
         "missing file": ([str(tmp / "nope.png")], "nope.png: no such file or folder"),
         "non-image file": ([str(tmp / "notes.txt")], "notes.txt: not a PNG or JPEG image"),
         "text named .png": ([str(tmp / "fake.png")], "fake.png: not a PNG or JPEG image"),
@@ -314,6 +343,12 @@ def test_clear_errors_exit_1_without_output(trained: dict, tmp_path: Path, capsy
     ]:
         code, out, err = predict(capsys, "--model", model, image)
         assert (code, out) == (1, "") and message in err, err
+
+    # --out naming a folder: clear error, and no temporary file left beside it
+    (tmp_path / "folder.csv").mkdir()
+    code, out, err = predict(capsys, "--model", trained["model"], "--out", tmp_path / "folder.csv", image)
+    assert (code, out) == (1, "") and "folder.csv: cannot write (is a folder, not a file)" in err, err
+    assert not list(tmp_path.glob(".folder.csv*")) and not any((tmp_path / "folder.csv").iterdir())
 
     code, _, err = predict(capsys, "--model", trained["model"], "--batch-size", "0", image)
     assert code == 1 and "--batch-size must be at least 1" in err

@@ -227,25 +227,76 @@ def _npz_sources(path: Path, given: str) -> list[Source]:
     return [Source(f"{given}[{i}]", path, (width, height), channels, key, i, channels_first) for i in range(n)]
 
 
+# deflate cannot shrink data by more than about 1032:1: a member claiming more than that is lying
+MAX_DEFLATE_RATIO = 1032
+
+
 def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of one npz member from its .npy header, without decompressing the data."""
+    """Shape and dtype of one npz member from its .npy header, without decompressing the data.
+
+    The header's claim is checked against what the file can hold (the member's size, and the archive's own size
+    times deflate's best ratio), so a lying header is refused before anything is allocated for it.
+    """
     from numpy.lib import format as npy
 
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+            info = archive.getinfo(f"{key}.npy")
             version = npy.read_magic(f)
             header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
             if header is not None:
                 shape, _, dtype = header(f)
-                return tuple(shape), np.dtype(dtype)
+                shape, dtype = tuple(shape), np.dtype(dtype)
+                _check_claim(path, key, shape, dtype, info, data_offset=f.tell())
+                return shape, dtype
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass
     with np.load(path, allow_pickle=False) as npz:  # other header versions: read the array itself
         try:
             array = npz[key]
-        except ValueError as exc:  # an object array (pickled)
-            raise PipelineError(f"{path}[{key}]: not an array of pixel values ({exc})") from None
+        except ValueError as exc:  # an object array (pickled), or fewer bytes than its header claims
+            raise PipelineError(f"{path}[{key}]: not an array of pixel values ({_message(exc)})") from None
         return array.shape, array.dtype
+
+
+def _check_claim(
+    path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, info: zipfile.ZipInfo, data_offset: int
+) -> None:
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    stored = info.file_size - data_offset  # what the member says it holds after its .npy header
+    possible = min(stored, info.compress_size * MAX_DEFLATE_RATIO, path.stat().st_size * MAX_DEFLATE_RATIO)
+    if claimed > possible:
+        raise PipelineError(
+            f"{path}[{key}]: its header claims shape {shape} ({claimed:,} bytes), but the file holds at most "
+            f"{max(possible, 0):,} bytes of it; the file is damaged or not what it says"
+        )
+
+
+def _open_member(path: Path, key: str) -> np.ndarray:
+    """One npz member: memory-mapped when stored uncompressed (np.savez), so a large array is read a batch at a
+    time; decompressed into memory otherwise (np.savez_compressed), its size already checked against the file."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the local file header: its name and extra field lengths are at bytes 26-29
+            f.seek(
+                info.header_offset
+                + 30
+                + int.from_bytes(local[26:28], "little")
+                + int.from_bytes(local[28:30], "little")
+            )
+            version = npy.read_magic(f)
+            header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if header is not None:
+                shape, fortran_order, dtype = header(f)
+                if not fortran_order and not dtype.hasobject:
+                    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=f.tell())
+    with np.load(path, allow_pickle=False) as npz:
+        return npz[key]
 
 
 class Pixels:
@@ -290,8 +341,10 @@ class Pixels:
 
     def _array(self, source: Source) -> np.ndarray:
         if self._npz is None or self._npz[:2] != (source.path, source.key):
-            with np.load(source.path, allow_pickle=False) as npz:
-                self._npz = (source.path, source.key, npz[source.key])
+            try:
+                self._npz = (source.path, source.key, _open_member(source.path, source.key))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged after its header was read
+                raise PipelineError(f"{source.path}[{source.key}]: cannot read this array ({_message(exc)})") from None
         return self._npz[2]
 
 
