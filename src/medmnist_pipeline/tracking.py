@@ -118,6 +118,13 @@ def dataset_tags(meta: Any) -> dict[str, str]:
     }
 
 
+def experiment_tags() -> dict[str, str]:
+    """``dvc.exp_name`` under ``dvc exp run``, for every run a stage starts, nested ones included (tune trials,
+    evaluate retrains), so that filtering the UI by experiment keeps them."""
+    name = os.environ.get("DVC_EXP_NAME")
+    return {"dvc.exp_name": name} if name else {}
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -134,9 +141,7 @@ def stage_run(
     """
     mlflow = _mlflow()
     exp_id = experiment_id(params)
-    all_tags = {"stage": stage, **git_tags(), **(tags or {})}
-    if os.environ.get("DVC_EXP_NAME"):
-        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    all_tags = {"stage": stage, **git_tags(), **experiment_tags(), **(tags or {})}
     if run_id:
         context = mlflow.start_run(run_id=run_id, tags=all_tags)
     else:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -61,13 +62,23 @@ def storage_for(params: Params) -> Any:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
-def sampler_for(params: Params) -> optuna.samplers.BaseSampler:
+def sampler_seed(seed: int, trials_so_far: int, worker: int) -> int:
+    """The sampler's seed for one process joining a study.
+
+    Seeding every process with ``params.seed`` alone made parallel workers, and every restart, draw the same points
+    again. The stream depends on how many trials the study already holds and on the worker (0 for the tune stage,
+    the process id for ``--worker``): a single-process study, fresh or resumed, still draws the same points.
+    """
+    return int(np.random.SeedSequence([seed, trials_so_far, worker]).generate_state(1)[0])
+
+
+def sampler_for(params: Params, seed: int) -> optuna.samplers.BaseSampler:
     tune = params.tune
     if tune.sampler == "grid":
-        return optuna.samplers.GridSampler({p: d.categorical for p, d in tune.space.items()}, seed=params.seed)
+        return optuna.samplers.GridSampler({p: d.categorical for p, d in tune.space.items()}, seed=seed)
     if tune.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=params.seed)
-    return optuna.samplers.TPESampler(seed=params.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def pruner_for(params: Params, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -79,17 +90,20 @@ def pruner_for(params: Params, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(params: Params, meta: DatasetMeta) -> optuna.Study:
+def open_study(params: Params, meta: DatasetMeta, worker: bool = False) -> optuna.Study:
+    """The study of these params, created or loaded, with a sampler seeded for this process (:func:`sampler_seed`)."""
     trial_max_epochs = int(params.tune.fixed.get("train.max_epochs", params.train.max_epochs))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=study_name(params, meta),
         storage=storage_for(params),
-        sampler=sampler_for(params),
         pruner=pruner_for(params, trial_max_epochs),
         direction=params.tune.direction,
         load_if_exists=True,
     )
+    seed = sampler_seed(params.seed, len(study.get_trials(deepcopy=False)), os.getpid() if worker else 0)
+    study.sampler = sampler_for(params, seed)
+    return study
 
 
 def worker_id() -> str:
@@ -211,7 +225,7 @@ def run_trial(
     from optuna_integration import PyTorchLightningPruningCallback
 
     from medmnist_pipeline.fitting import fit
-    from medmnist_pipeline.tracking import experiment_id, tracking_uri
+    from medmnist_pipeline.tracking import experiment_id, experiment_tags, tracking_uri
     from medmnist_pipeline.training import export_model
 
     started = time.perf_counter()
@@ -226,6 +240,7 @@ def run_trial(
             "tune.trial": str(trial.number),
             "tune.study": study.study_name,
             "tune.worker": worker_id(),
+            **experiment_tags(),
         },
     )
     try:
@@ -318,6 +333,18 @@ def wait_for_other_workers(study: optuna.Study, log=print, poll_s: float = 2.0) 
             announced = True
         fail_stale_trials(study)
         time.sleep(poll_s)
+
+
+def check_search_finished(study: optuna.Study, params: Params, timed_out: bool) -> None:
+    """The stage's outputs claim ``n_trials`` trials: fail (so DVC does not record the stage as done) when fewer
+    finished, e.g. because a worker was killed while the stage waited for it, unless ``tune.timeout_s`` ran out."""
+    finished = count(study, FINISHED)
+    if finished < params.tune.n_trials and not timed_out:
+        failed = count(study, (TrialState.FAIL,))
+        raise PipelineError(
+            f"only {finished} of tune.n_trials={params.tune.n_trials} trials finished ({failed} failed); "
+            "run the tune stage again to complete the study"
+        )
 
 
 # --- outputs ------------------------------------------------------------------------------------------------
