@@ -20,13 +20,12 @@ from typing import IO, Any
 import numpy as np
 
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.metadata import MULTI_LABEL, THRESHOLD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
 NPZ_KEY = "test_images"  # the MedMNIST layout's split to predict; a plain npz must hold exactly one array
 MLFLOW_SCHEMES = ("runs:/", "models:/")
-MULTI_LABEL = "multi-label, binary-class"
-THRESHOLD = 0.5  # multi-label: a label is predicted when its probability is above this
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -70,18 +69,17 @@ def load_model(spec: str, params_path: str | Path | None = None, batch_size: int
     """A model file of this project, or an MLflow model URI resolved in :func:`tracking_store`."""
     if is_mlflow_uri(spec):
         return _load_mlflow_model(spec, tracking_store(params_path), batch_size)
-    from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
+    from medmnist_pipeline.modelfile import ModelFile, predict_scores
 
-    exported = load_exported(spec)
-    net = network_from_export(exported).to(_device())
-    task = exported["task"]
+    model = ModelFile.load(spec)
+    net = model.network().to(_device())
     return Model(
         spec,
-        list(exported["labels"]),
-        task,
-        int(exported["image_size"]),
-        int(exported["in_channels"]),
-        lambda x: predict_scores(net, x, task, batch_size),
+        list(model.labels),
+        model.task,
+        model.image_size,
+        model.in_channels,
+        lambda x: predict_scores(net, x, model.task, batch_size),
     )
 
 
@@ -237,18 +235,13 @@ def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     The header's claim is checked against what the file can hold (the member's size, and the archive's own size
     times deflate's best ratio), so a lying header is refused before anything is allocated for it.
     """
-    from numpy.lib import format as npy
+    from medmnist_pipeline.data import npy_header
 
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
-            info = archive.getinfo(f"{key}.npy")
-            version = npy.read_magic(f)
-            header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-            if header is not None:
-                shape, _, dtype = header(f)
-                shape, dtype = tuple(shape), np.dtype(dtype)
-                _check_claim(path, key, shape, dtype, info, data_offset=f.tell())
-                return shape, dtype
+            shape, _, dtype = npy_header(f)
+            _check_claim(path, key, shape, dtype, archive.getinfo(f"{key}.npy"), data_offset=f.tell())
+            return shape, dtype
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass
     with np.load(path, allow_pickle=False) as npz:  # other header versions: read the array itself
@@ -275,7 +268,7 @@ def _check_claim(
 def _open_member(path: Path, key: str) -> np.ndarray:
     """One npz member: memory-mapped when stored uncompressed (np.savez), so a large array is read a batch at a
     time; decompressed into memory otherwise (np.savez_compressed), its size already checked against the file."""
-    from numpy.lib import format as npy
+    from medmnist_pipeline.data import npy_header
 
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")
@@ -283,18 +276,11 @@ def _open_member(path: Path, key: str) -> np.ndarray:
         with open(path, "rb") as f:
             f.seek(info.header_offset)
             local = f.read(30)  # the local file header: its name and extra field lengths are at bytes 26-29
-            f.seek(
-                info.header_offset
-                + 30
-                + int.from_bytes(local[26:28], "little")
-                + int.from_bytes(local[28:30], "little")
-            )
-            version = npy.read_magic(f)
-            header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-            if header is not None:
-                shape, fortran_order, dtype = header(f)
-                if not fortran_order and not dtype.hasobject:
-                    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=f.tell())
+            name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            f.seek(info.header_offset + 30 + name_length + extra_length)
+            shape, fortran_order, dtype = npy_header(f)
+            if not fortran_order and not dtype.hasobject:
+                return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=f.tell())
     with np.load(path, allow_pickle=False) as npz:
         return npz[key]
 
