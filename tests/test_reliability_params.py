@@ -35,6 +35,7 @@ class Case:
     edit: Callable[[dict[str, Any]], None] | None = None  # applied to the repo's params
     text: Callable[[str], str] | bytes | None = None  # or the file's text rewritten / replaced by raw bytes
     stage: str = "train"
+    albumentations: bool = False  # checking it needs albumentations itself (seconds to import, once per process)
 
 
 def put(dotted: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -69,6 +70,14 @@ def space(entry: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return put("tune.space", {**REPO_PARAMS["tune"]["space"], **entry})
 
 
+# a billion-fold expansion of a few lines, nested in the tracking section (not at the top level)
+BOMB = "\n".join(
+    f"  {name}: &{name} [" + ", ".join([f"*{prev}" if prev else "lol"] * 10) + "]"
+    for prev, name in zip(
+        ["", "a", "b", "c", "d", "e", "f", "g"], ["a", "b", "c", "d", "e", "f", "g", "h"], strict=True
+    )
+)
+
 CUSTOM = {"path": "/nonexistent/data.npz", "task": "binary-class", "labels": ["no", "yes"]}
 
 CASES = [
@@ -84,6 +93,20 @@ CASES = [
     Case("not YAML", "not valid YAML", text=lambda t: t + "\n  bad: [unclosed\n"),
     Case("tab indentation", "not valid YAML", text=lambda t: t.replace("  flag:", "\tflag:", 1)),
     Case("top-level alias bomb", "params", text=lambda t: "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"),
+    Case("duplicate top-level key", "duplicate key 'seed'", text=lambda t: t + "\nseed: 7\n", stage="download"),
+    Case(
+        "duplicate nested key",
+        "duplicate key 'lr'",
+        text=lambda t: t.replace("    lr: 0.002\n", "    lr: 0.002\n    lr: 0.1\n"),
+    ),
+    Case("not UTF-8", "not UTF-8", text=b"seed: 42\ndata:\n  flag: pneumonia\xe9\n", stage="download"),
+    Case(
+        "alias bomb inside a value",
+        "aliases expand",
+        text=lambda t: t.replace("  experiment: medmnist-pipeline", "  experiment: medmnist-pipeline\n" + BOMB),
+        stage="baseline",
+    ),
+    Case("seed beyond reseeding", "seed", put("seed", 5_000_000), stage="baseline"),
     # data
     Case("unknown flag", "data.flag", put("data.flag", "pneumonia"), stage="download"),
     Case("flag in capitals", "data.flag", put("data.flag", "PneumoniaMNIST"), stage="download"),
@@ -109,22 +132,40 @@ CASES = [
         stage="download",
     ),
     Case("custom path on an official flag", "data.custom.path", put("data.custom.path", "x.npz"), stage="download"),
+    Case("timeout infinite", "data.download.timeout_s", put("data.download.timeout_s", float("inf")), stage="download"),
+    Case("timeout nan", "data.download.timeout_s", put("data.download.timeout_s", float("nan")), stage="download"),
+    Case("backoff huge", "data.download.backoff_s", put("data.download.backoff_s", 1e300), stage="download"),
+    Case(
+        "binary task with four labels",
+        "data.custom.labels",
+        both(put("data.flag", "custom"), put("data.custom", {**CUSTOM, "labels": ["a", "b", "c", "d"]})),
+        stage="download",
+    ),
     Case("mirror as a number", "data.mirror", put("data.mirror", 5), stage="download"),
     # augment
     Case("copies negative", "augment.copies", put("augment.copies", -1), stage="augment"),
+    Case("copies absurd", "augment.copies", put("augment.copies", 1_000_000_000), stage="augment"),
     Case("copies boolean", "augment.copies", put("augment.copies", True), stage="augment"),
-    Case("unknown transform", "augment.transforms[0]", put("augment.transforms", [{"Afine": {}}]), stage="augment"),
+    Case(
+        "unknown transform",
+        "augment.transforms[0]",
+        put("augment.transforms", [{"Afine": {}}]),
+        stage="augment",
+        albumentations=True,
+    ),
     Case(
         "transform argument typo",
         "augment.transforms[0].Affine",
         put("augment.transforms", [{"Affine": {"rotat": 10}}]),
         stage="augment",
+        albumentations=True,
     ),
     Case(
         "transform changes the size",
         "augment.transforms",
         put("augment.transforms", [{"Resize": {"height": 32, "width": 32}}]),
         stage="augment",
+        albumentations=True,
     ),
     Case("transform list item with two keys", "augment.transforms", put("augment.transforms", [{"A": {}, "B": {}}])),
     Case("transforms not a list", "augment.transforms", put("augment.transforms", {"Affine": {}}), stage="augment"),
@@ -138,6 +179,9 @@ CASES = [
     Case("baseline epochs missing", "baseline.max_epochs", drop("baseline.max_epochs"), stage="baseline"),
     # train
     Case("unknown model", "train.model.name", put("train.model.name", "vit")),
+    Case("filters absurd", "train.model.filters", put("train.model.filters", 1_000_000)),
+    Case("epochs absurd", "train.max_epochs", put("train.max_epochs", 10**30)),
+    Case("clip infinite", "train.gradient_clip", put("train.gradient_clip", float("inf"))),
     Case("filters zero", "train.model.filters", put("train.model.filters", 0)),
     Case("even kernel", "train.model.kernel_size", put("train.model.kernel_size", 4)),
     Case("too many blocks", "train.model.blocks", put("train.model.blocks", 9)),
@@ -191,6 +235,44 @@ CASES = [
     ),
     Case("space empty", "tune.space", put("tune.space", {}), stage="tune"),
     Case("fixed and searched", "tune.fixed", put("tune.fixed", {"train.optimizer.lr": 0.01}), stage="tune"),
+    Case(
+        "fixed epochs negative",
+        "tune.fixed.train.max_epochs",
+        put("tune.fixed", {"train.max_epochs": -3}),
+        stage="tune",
+    ),
+    Case(
+        "fixed int as text", "tune.fixed.train.batch_size", put("tune.fixed", {"train.batch_size": "64"}), stage="tune"
+    ),
+    Case(
+        "choice negative filters",
+        "tune.space.train.model.filters",
+        space({"train.model.filters": {"categorical": [-8, 16]}}),
+        stage="tune",
+    ),
+    Case(
+        "choice unknown model",
+        "tune.space.train.model.name",
+        space({"train.model.name": {"categorical": ["convnet", "vit"]}}),
+        stage="tune",
+    ),
+    Case(
+        "range end invalid",
+        "tune.space.train.model.dropout",
+        space({"train.model.dropout": {"float": [0.1, 1.5]}}),
+        stage="tune",
+    ),
+    Case(
+        "space the model ignores", "tune.space.train.model.dropout", put("train.model.name", "resnet18"), stage="tune"
+    ),
+    Case(
+        "space a sampled model ignores",
+        "tune.space.train.model.dropout: resnet18 ignores dropout",
+        space({"train.model.name": {"categorical": ["convnet", "resnet18"]}}),
+        stage="tune",
+    ),
+    Case("tune timeout infinite", "tune.timeout_s", put("tune.timeout_s", float("inf")), stage="tune"),
+    Case("n_trials absurd", "tune.n_trials", put("tune.n_trials", 10**9), stage="tune"),
     Case("fixed path unknown", "train.epochs", put("tune.fixed", {"train.epochs": 3}), stage="tune"),
     # evaluate
     Case(
@@ -202,6 +284,13 @@ CASES = [
         put("evaluate.bootstrap.confidence", 95),
         stage="evaluate",
     ),
+    Case(
+        "resamples absurd",
+        "evaluate.bootstrap.resamples",
+        put("evaluate.bootstrap.resamples", 10**12),
+        stage="evaluate",
+    ),
+    Case("seeds beyond reseeding", "evaluate.seeds[0]", put("evaluate.seeds", [10**7]), stage="evaluate"),
     Case("seeds repeated", "evaluate.seeds", put("evaluate.seeds", [1, 1]), stage="evaluate"),
     Case("seeds negative", "evaluate.seeds[0]", put("evaluate.seeds", [-1]), stage="evaluate"),
     Case("fraction zero", "evaluate.learning_curve.fractions", put("evaluate.learning_curve.fractions", [0.0, 1.0])),
@@ -254,15 +343,16 @@ def test_malformed_params_are_refused(case: Case, project: Path, capsys: pytest.
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     assert case.key in err, err
+    assert len(err) < 2000, f"a {len(err)}-character message"
     assert err.startswith(f"medmnist-pipeline {case.stage}: error: ") and "Traceback" not in err + out
     assert sorted(p.name for p in project.iterdir()) == [".dvc", "params.yaml"]
     assert not any((project / ".dvc").iterdir())
-    if WARM:  # the first refusal in this process pays for importing pydantic and the schema
+    if case.albumentations in WARM:  # the first refusal of each kind pays for its imports, once per process
         assert seconds < 2, f"refused in {seconds:.1f} s"
-    WARM.append(case.name)
+    WARM.add(case.albumentations)
 
 
-WARM: list[str] = []
+WARM: set[bool] = set()
 
 SUBPROCESS_CASES = ["seed negative", "unknown model", "space low above high", "copies negative", "gallery zero"]
 

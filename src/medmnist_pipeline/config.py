@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medmnist_pipeline.config_io import is_section, read_yaml, unwrap, validate
 from medmnist_pipeline.errors import ParamsError
@@ -33,21 +33,26 @@ Flag = Literal[
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+# Bounds a user could mean, so that an absurd value is a params error, not a crash deep inside torch or numpy.
+# Seeds: the per-epoch reseeding uses seed * 1000 + epoch + rank * 7919, which must stay below 2**32.
+Seed = Annotated[int, Field(ge=0, le=1_000_000)]
+Count = Annotated[int, Field(ge=0, le=10_000)]  # epochs, patience, trials, batches: far beyond any real run
 
 
 class Section(BaseModel):
     """Strict: no unknown keys, no silent type coercion (``"28"`` is not 28, ``1`` is not ``true``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: .inf or .nan in a float key is refused (``timeout_s: .inf`` overflowed at download)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
 
 
 class DownloadParams(Section):
-    timeout_s: Annotated[float, Field(gt=0)]
-    retries: NonNegativeInt
-    backoff_s: Annotated[float, Field(ge=0)]  # wait before the first retry; doubles each time
+    timeout_s: Annotated[float, Field(gt=0, le=3600)]
+    retries: Annotated[int, Field(ge=0, le=20)]
+    backoff_s: Annotated[float, Field(ge=0, le=600)]  # wait before the first retry; doubles each time
 
 
 class CustomDataParams(Section):
@@ -74,6 +79,11 @@ class DataParams(Section):
                 raise ValueError(f"@flag is 'custom', so @custom.{missing[0]} must be set")
             if self.custom.task != MULTI_LABEL and len(self.custom.labels) < 2:
                 raise ValueError("@custom.labels: a classification task needs at least 2 label names")
+            if self.custom.task == "binary-class" and len(self.custom.labels) != 2:
+                raise ValueError(
+                    f"@custom.labels: task binary-class has exactly 2 labels, got {len(self.custom.labels)} "
+                    "(use multi-class, or multi-label, binary-class for several yes/no labels)"
+                )
         elif filled:
             raise ValueError(
                 f"@custom.{sorted(filled)[0]} is only used with @flag: custom (@flag is {self.flag!r}); set it to null"
@@ -85,18 +95,23 @@ class DataParams(Section):
 
 
 class AugmentParams(Section):
-    copies: NonNegativeInt
+    copies: Annotated[int, Field(ge=0, le=1000)]  # the augment stage also checks the disk has room for them
     # A list of one-key mappings, ``- TransformName: {arg: value}``, applied in order (albumentations.Compose).
     transforms: list[dict[str, dict[str, Any]]]
 
     @field_validator("transforms", mode="after")
     @classmethod
-    def _transforms_exist(cls, transforms: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
-        from medmnist_pipeline.augment import check_transform  # lazy: albumentations takes ~3 s to import
-
+    def _transforms_exist(
+        cls, transforms: list[dict[str, dict[str, Any]]], info: ValidationInfo
+    ) -> list[dict[str, dict[str, Any]]]:
         for i, item in enumerate(transforms):
             if len(item) != 1:
                 raise ValueError(f"item {i} must be a single 'TransformName: {{args}}' mapping, got keys {list(item)}")
+        if not _deep(info):
+            return transforms
+        from medmnist_pipeline.augment import check_transform  # lazy: albumentations takes ~3 s to import
+
+        for i, item in enumerate(transforms):
             ((name, args),) = item.items()
             problem = check_transform(name, args)
             if problem:
@@ -119,12 +134,12 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
 class ModelParams(Section):
     name: Literal["logreg", "convnet", "resnet18", "resnet50"]
     # convnet only: [(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head
-    filters: PositiveInt  # in the first block; doubles in each block after it
+    filters: Annotated[int, Field(ge=1, le=1024)]  # in the first block; doubles in each block after it
     kernel_size: Annotated[int, Field(ge=1, le=7)]
-    convs_per_block: PositiveInt
+    convs_per_block: Annotated[int, Field(ge=1, le=16)]
     blocks: Annotated[int, Field(ge=1, le=5)]
-    fc_layers: NonNegativeInt
-    fc_width: PositiveInt
+    fc_layers: Annotated[int, Field(ge=0, le=16)]
+    fc_width: Annotated[int, Field(ge=1, le=16384)]
     dropout: Annotated[float, Field(ge=0, lt=1)]
     stem: Literal["cifar", "imagenet"]  # resnets only: 3x3 stride 1 (MedMNIST's 28 px form) or 7x7/2 + maxpool
     init_from: str | None  # a models/*.ckpt of this project (e.g. trained on another flag): transfer learning
@@ -146,7 +161,7 @@ class ModelParams(Section):
 class OptimizerParams(Section):
     name: Literal["adam", "adamw", "sgd", "rmsprop"]
     lr: Annotated[float, Field(gt=0, le=10)]
-    weight_decay: Annotated[float, Field(ge=0)]  # L2 for adam/sgd/rmsprop, decoupled for adamw
+    weight_decay: Annotated[float, Field(ge=0, le=1)]  # L2 for adam/sgd/rmsprop, decoupled for adamw
     momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd and rmsprop
     nesterov: bool  # sgd only, needs momentum > 0
 
@@ -162,9 +177,9 @@ class ScheduleParams(Section):
     # onecycle: torch's OneCycleLR (its own warmup); plateau: lr x factor after `patience` epochs without a
     # better validation AUC.
     name: Literal["none", "multistep", "cosine", "onecycle", "plateau"]
-    warmup_epochs: NonNegativeInt  # linear warmup from lr/100; not with onecycle or plateau
+    warmup_epochs: Count  # linear warmup from lr/100; not with onecycle or plateau
     factor: Annotated[float, Field(gt=0, lt=1)]
-    patience: NonNegativeInt
+    patience: Count
 
     @model_validator(mode="after")
     def _warmup(self) -> ScheduleParams:
@@ -175,12 +190,12 @@ class ScheduleParams(Section):
 
 class TrainerParams(Section):
     accelerator: Literal["auto", "cpu", "gpu"]
-    devices: PositiveInt  # per node
-    num_nodes: PositiveInt
+    devices: Annotated[int, Field(ge=1, le=1024)]  # per node
+    num_nodes: Annotated[int, Field(ge=1, le=1024)]
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork"]
     precision: Literal[32, "bf16-mixed", "16-mixed"]
     deterministic: bool
-    accumulate_grad_batches: PositiveInt
+    accumulate_grad_batches: Annotated[int, Field(ge=1, le=1024)]
     compile: bool  # torch.compile the network
 
 
@@ -188,21 +203,21 @@ class BatchAugmentParams(Section):
     """Cheap augmentation on the device, per batch (vectorised): no per-image Python."""
 
     flip: bool  # random horizontal flip
-    translate: NonNegativeInt  # random shift of up to this many pixels
+    translate: Annotated[int, Field(ge=0, le=112)]  # random shift of up to this many pixels (half of 224 px)
 
 
 class TrainParams(Section):
     model: ModelParams
     augmented: bool  # train on the augment stage's copies (epoch e: copy e mod copies) or on the originals
-    batch_size: PositiveInt
-    max_epochs: PositiveInt
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    max_epochs: Annotated[int, Field(ge=1, le=10_000)]
     optimizer: OptimizerParams
     schedule: ScheduleParams
-    gradient_clip: Annotated[float, Field(ge=0)]  # max global grad norm; 0 = off
-    early_stopping_patience: NonNegativeInt  # epochs without a better validation AUC; 0 = off
+    gradient_clip: Annotated[float, Field(ge=0, le=1e6)]  # max global grad norm; 0 = off
+    early_stopping_patience: Count  # epochs without a better validation AUC; 0 = off
     batch_augment: BatchAugmentParams
     resume: Literal["auto", "never"]  # auto: an interrupted run continues from its last checkpoint
-    overfit_batches: NonNegativeInt  # Lightning's sanity check: train and validate on this many batches; 0 = off
+    overfit_batches: Count  # Lightning's sanity check: train and validate on this many batches; 0 = off
     diagnostics: bool  # log gradient norm and dead-ReLU fractions per epoch
     trainer: TrainerParams
 
@@ -225,10 +240,10 @@ class Distribution(Section):
     def _one_kind(self) -> Distribution:
         kinds = [k for k in ("float_", "int_", "categorical") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("@: give exactly one of float: [low, high], int: [low, high], categorical: [...]")
+            raise ValueError("give exactly one of float: [low, high], int: [low, high], categorical: [...]")
         bounds = self.float_ or self.int_
         if bounds is not None and not bounds[0] < bounds[1]:
-            raise ValueError(f"@: low must be below high (got {bounds})")
+            raise ValueError(f"low must be below high (got {bounds})")
         if self.log and (bounds is None or bounds[0] <= 0):
             raise ValueError("@log: true needs a float or int range with low > 0")
         return self
@@ -236,13 +251,17 @@ class Distribution(Section):
 
 class PrunerParams(Section):
     name: Literal["median", "hyperband", "none"]
-    startup_trials: NonNegativeInt  # median: trials that are never pruned, to learn what "median" means
-    warmup_epochs: NonNegativeInt  # median: epochs before pruning starts; hyperband: its minimum resource - 1
+    startup_trials: Count  # median: trials that are never pruned, to learn what "median" means
+    warmup_epochs: Count  # median: epochs before pruning starts; hyperband: its minimum resource - 1
 
 
 class TuneParams(Section):
-    n_trials: PositiveInt  # finished (completed or pruned) trials wanted in the study, across all workers
-    timeout_s: Annotated[float, Field(gt=0)] | None  # stop starting new trials after this long; null = no limit
+    n_trials: Annotated[
+        int, Field(ge=1, le=10_000)
+    ]  # finished (completed or pruned) trials wanted in the study, across all workers
+    timeout_s: (
+        Annotated[float, Field(gt=0, le=30 * 86_400)] | None
+    )  # stop starting new trials after this long; null = no limit
     sampler: Literal["tpe", "random", "grid"]
     pruner: PrunerParams
     metric: Literal["val/auc", "val/acc", "val/loss"]
@@ -299,7 +318,7 @@ class TrackingParams(Section):
 
 
 class BootstrapParams(Section):
-    resamples: Annotated[int, Field(ge=100)]  # resamples of the test images for each interval
+    resamples: Annotated[int, Field(ge=100, le=100_000)]  # resamples of the test images for each interval
     confidence: Annotated[float, Field(gt=0.5, lt=1)]  # e.g. 0.95
 
 
@@ -324,7 +343,9 @@ class ErrorAnalysisParams(Section):
 
 class EvaluateParams(Section):
     bootstrap: BootstrapParams
-    seeds: list[NonNegativeInt]  # retrain the tuned configuration with each seed (mean ± sd); [] = off
+    seeds: Annotated[
+        list[Seed], Field(max_length=100)
+    ]  # retrain the tuned configuration with each seed (mean ± sd); [] = off
     learning_curve: LearningCurveParams
     error_analysis: ErrorAnalysisParams
 
@@ -340,7 +361,7 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
-    seed: NonNegativeInt
+    seed: Seed
     data: DataParams
     augment: AugmentParams
     tracking: TrackingParams
@@ -359,7 +380,14 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _transforms_keep_shape(self) -> Params:
+    def _trials_are_valid_train_sections(self) -> Params:
+        _check_tune_against_train(self.tune, self.train)
+        return self
+
+    @model_validator(mode="after")
+    def _transforms_keep_shape(self, info: ValidationInfo) -> Params:
+        if not _deep(info):
+            return self
         # Augmented images are stored as uint8 arrays of the original shape: try the pipeline once on a blank
         # image of the configured size so that Normalize, Resize or a crop fail here, not halfway through a stage.
         from medmnist_pipeline.augment import check_pipeline_output
@@ -375,11 +403,66 @@ class Params(Section):
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ParamsError with every problem, each naming its full key."""
+    """Read and validate params.yaml; raise ParamsError with every problem, each naming its full key.
+
+    Two passes: the schema, bounds and cross-checks first (milliseconds), then the augmentation pipeline, which
+    imports albumentations (seconds): a bad file is refused before anything heavy is imported.
+    """
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections (seed, data, ...), got {type(raw).__name__}")
-    return validate(Params, raw, source=str(path))
+    validate(Params, raw, source=str(path), context={DEEP: False})
+    return validate(Params, raw, source=str(path), context={DEEP: True})
+
+
+DEEP = "albumentations"  # validation context key: False skips the checks that import albumentations
+
+
+def _deep(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get(DEEP, True))
+
+
+def _check_tune_against_train(tune: TuneParams, train: TrainParams) -> None:
+    """Every value a trial can get is a valid train setting, checked now, not trial after trial: tune.fixed values,
+    categorical choices and both ends of each range, each validated in a copy of the train section. And every
+    searched train.model.* option must be one the trials' models use (MODEL_OPTIONS)."""
+    base = train.model_dump()
+    for key, value in tune.fixed.items():
+        _check_trial_value(base, key, value, f"@tune.fixed.{key}")
+    for key, dist in tune.space.items():
+        values = dist.categorical if dist.categorical is not None else (dist.float_ or dist.int_)
+        for value in values:
+            _check_trial_value(base, key, value, f"@tune.space.{key}")
+    names = tune.space["train.model.name"].categorical if "train.model.name" in tune.space else None
+    models = names or [tune.fixed.get("train.model.name", train.model.name)]
+    for key in tune.space:
+        option = key.removeprefix("train.model.")
+        if key.startswith("train.model.") and any(option in used for used in MODEL_OPTIONS.values()):
+            ignoring = [m for m in models if option not in MODEL_OPTIONS.get(m, ())]
+            if ignoring:
+                uses = ", ".join(MODEL_OPTIONS[ignoring[0]]) or "none"
+                raise ValueError(
+                    f"@tune.space.{key}: {ignoring[0]} ignores {option} (it uses: {uses}); searching it would train "
+                    "identical models"
+                )
+
+
+def _check_trial_value(base: dict[str, Any], key: str, value: Any, where: str) -> None:
+    import copy
+
+    from pydantic import ValidationError
+
+    trial = copy.deepcopy(base)
+    *parents, last = key.split(".")[1:]
+    node = trial
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    try:
+        TrainParams.model_validate(trial)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"{where}: {value!r} is not a valid value here ({err['msg'].lower()})") from None
 
 
 def load_section(path: str | Path, name: str, model: type[BaseModel]) -> Any:

@@ -38,20 +38,95 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _no_duplicate_keys(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """DVC refuses a params file with a repeated key (``DuplicateKeyError``); PyYAML keeps the last one. Refuse it
+    here too, or `dvc repro` and the stages would disagree about what the params are."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise DuplicateKey(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; keep one")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+# A params file has a few hundred values; aliases (``*name``) that expand to more are an "alias bomb": refuse it
+# before anything is built from it (a bomb inside a value once made the error message itself 2 GB long).
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node) -> int:
+    """How many values ``node`` stands for once every alias is expanded (each shared node counted once per use)."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) not in sizes:
+            sizes[id(n)] = 0  # a recursive alias: counted as a leaf (SafeLoader refuses recursion for mappings)
+            if isinstance(n, yaml.MappingNode):
+                sizes[id(n)] = 1 + sum(size(k) + size(v) for k, v in n.value)
+            elif isinstance(n, yaml.SequenceNode):
+                sizes[id(n)] = 1 + sum(size(v) for v in n.value)
+            else:
+                sizes[id(n)] = 1
+        return min(sizes[id(n)], MAX_YAML_VALUES + 1)
+
+    return size(node)
+
+
 def read_yaml(path: str | Path) -> Any:
+    """The YAML file at ``path`` the way DVC reads it (YAML 1.2 floats, duplicate keys refused), in UTF-8."""
     path = Path(path)
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root, or pass --params PATH)") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-
-
-def validate(model: type[BaseModel], raw: Any, source: str, prefix: tuple[str | int, ...] = ()) -> Any:
-    """Validate ``raw`` against ``model``; errors name keys as ``prefix.key`` (prefix: where ``raw`` lives)."""
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    loader = _Loader(text)
     try:
-        return model.model_validate(raw)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise ParamsError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values; refused")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {_short_yaml_error(exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _short_yaml_error(exc: yaml.YAMLError) -> str:
+    """PyYAML's message, without the quoted source lines it appends (they can be as long as the file)."""
+    if isinstance(exc, DuplicateKey):
+        return str(exc)
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" if exc.problem_mark else ""
+        return f"{exc.problem or exc.context}{where}"
+    return str(exc)[:300]
+
+
+def validate(
+    model: type[BaseModel],
+    raw: Any,
+    source: str,
+    prefix: tuple[str | int, ...] = (),
+    context: dict[str, Any] | None = None,
+) -> Any:
+    """Validate ``raw`` against ``model``; errors name keys as ``prefix.key`` (prefix: where ``raw`` lives).
+    ``context`` reaches the validators (config.load_params uses it to run the cheap checks first)."""
+    try:
+        return model.model_validate(raw, context=context)
     except ValidationError as exc:
         lines = [format_error(model, prefix, err) for err in exc.errors()]
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
@@ -87,9 +162,13 @@ def _expand_keys(message: str, key: str) -> str:
     """Our validators name keys relative to their section as ``@name`` or ``@[i]``; make those full paths."""
 
     def full(match: re.Match) -> str:
-        return f"{key}[" if match.group(1) else (f"{key}." if key else "")
+        if match.group(1):
+            return f"{key}["
+        if match.group(2):  # "@:" names the key itself, not a key inside it
+            return f"{key}:" if key else ":"
+        return f"{key}." if key else ""
 
-    return re.sub(r"@(\[)?", full, message)
+    return re.sub(r"@(?:(\[)|(:))?", full, message)
 
 
 def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
