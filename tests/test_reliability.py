@@ -79,3 +79,27 @@ def test_nested_runs_carry_the_dvc_experiment_name(monkeypatch: pytest.MonkeyPat
     assert experiment_tags() == {}
     monkeypatch.setenv("DVC_EXP_NAME", "bold-lark")
     assert experiment_tags() == {"dvc.exp_name": "bold-lark"}
+
+
+def test_custom_labels_that_the_data_never_uses_are_refused_at_download(tmp_path: Path) -> None:
+    from helpers import make_npz
+    from medmnist_pipeline.config import DataParams
+    from medmnist_pipeline.data import expected_meta, fetch, prepare
+
+    source = make_npz(tmp_path / "binary.npz", task="binary-class", n_labels=2)
+    custom = {"path": str(source), "task": "multi-class", "labels": ["a", "b", "c"]}  # three names on 0/1 data
+    params = DataParams.model_validate(
+        {
+            "flag": "custom",
+            "size": 28,
+            "mirror": None,
+            "download": {"timeout_s": 5, "retries": 0, "backoff_s": 0},
+            "custom": custom,
+        }
+    )
+    path, md5 = fetch(params, tmp_path / "raw", log=print)
+    (tmp_path / "prepared").mkdir()
+    with pytest.raises(
+        PipelineError, match=r"names 3 classes for task 'multi-class', but the training labels never use 'c'"
+    ):
+        prepare(path, expected_meta(params, path, md5), tmp_path / "prepared")

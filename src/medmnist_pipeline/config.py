@@ -423,16 +423,16 @@ def _deep(info: ValidationInfo) -> bool:
 
 
 def _check_tune_against_train(tune: TuneParams, train: TrainParams) -> None:
-    """Every value a trial can get is a valid train setting, checked now, not trial after trial: tune.fixed values,
-    categorical choices and both ends of each range, each validated in a copy of the train section. And every
-    searched train.model.* option must be one the trials' models use (MODEL_OPTIONS)."""
-    base = train.model_dump()
+    """Every value a trial can get is a valid value of its train key, checked now, not trial after trial:
+    tune.fixed values, categorical choices and both ends of each range. (Combinations that break a cross-key rule,
+    such as onecycle with warmup epochs, stay trial failures: a search may well mix them.) And every searched
+    train.model.* option must be one that the trials' models use (MODEL_OPTIONS)."""
     for key, value in tune.fixed.items():
-        _check_trial_value(base, key, value, f"@tune.fixed.{key}")
+        _check_trial_value(key, value, f"@tune.fixed.{key}")
     for key, dist in tune.space.items():
         values = dist.categorical if dist.categorical is not None else (dist.float_ or dist.int_)
         for value in values:
-            _check_trial_value(base, key, value, f"@tune.space.{key}")
+            _check_trial_value(key, value, f"@tune.space.{key}")
     names = tune.space["train.model.name"].categorical if "train.model.name" in tune.space else None
     models = names or [tune.fixed.get("train.model.name", train.model.name)]
     for key in tune.space:
@@ -447,22 +447,21 @@ def _check_tune_against_train(tune: TuneParams, train: TrainParams) -> None:
                 )
 
 
-def _check_trial_value(base: dict[str, Any], key: str, value: Any, where: str) -> None:
-    import copy
+def _check_trial_value(key: str, value: Any, where: str) -> None:
+    """``value`` against the type and bounds of the train key ``key`` (a path checked by TuneParams)."""
+    from pydantic import TypeAdapter, ValidationError
 
-    from pydantic import ValidationError
-
-    trial = copy.deepcopy(base)
+    model: Any = TrainParams
     *parents, last = key.split(".")[1:]
-    node = trial
     for part in parents:
-        node = node[part]
-    node[last] = value
+        model = unwrap(model.model_fields[part].annotation)
+    field = model.model_fields[last]
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    adapter = TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
     try:
-        TrainParams.model_validate(trial)
+        adapter.validate_python(value)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValueError(f"{where}: {value!r} is not a valid value here ({err['msg'].lower()})") from None
+        raise ValueError(f"{where}: {value!r} is not a valid value here ({exc.errors()[0]['msg'].lower()})") from None
 
 
 def load_section(path: str | Path, name: str, model: type[BaseModel]) -> Any:

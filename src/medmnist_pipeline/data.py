@@ -252,9 +252,26 @@ def prepare(source: Path, meta: DatasetMeta, out_dir: Path) -> DatasetMeta:
                 raise PipelineError(f"{name}: {split}_images has {found} channels, the other splits {channels}")
             channels = found
             np.save(out_dir / f"{split}_labels.npy", labels)
+            if split == "train":
+                _check_labels_used(labels, meta, name)
     meta = DatasetMeta(**{**asdict(meta), "n_channels": channels})
     (out_dir / "meta.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return meta
+
+
+def _check_labels_used(train: np.ndarray, meta: DatasetMeta, name: str) -> None:
+    """Custom data: every declared class occurs in the training labels, or the task and label names do not describe
+    this file (e.g. three names on 0/1 data would train a 3-output model on two classes without complaint)."""
+    if meta.flag != "custom" or meta.multi_label:
+        return
+    present = np.unique(train[:, 0])
+    absent = [label for i, label in enumerate(meta.labels) if i not in present]
+    if absent:
+        raise PipelineError(
+            f"{name}: data.custom.labels names {meta.num_outputs} classes for task {meta.task!r}, but the training "
+            f"labels never use {', '.join(repr(a) for a in absent)} (values found: "
+            f"{', '.join(map(str, present.tolist()))}); fix data.custom.task or data.custom.labels"
+        )
 
 
 def _checked_labels(labels: np.ndarray, meta: DatasetMeta, what: str) -> np.ndarray:

@@ -110,7 +110,7 @@ def retrain(
     from lightning.pytorch.loggers import MLFlowLogger
 
     from medmnist_pipeline.fit import fit, run_key
-    from medmnist_pipeline.tracking import experiment_id, flatten, tracking_uri
+    from medmnist_pipeline.tracking import experiment_id, experiment_tags, flatten, tracking_uri
 
     key = f"{name}-{run_key(section, seed, meta, params.augment)}-{fraction:g}"
     done, indices = retrains_dir() / f"{key}.ckpt", retrains_dir() / f"{key}.indices.npy"
@@ -123,7 +123,7 @@ def retrain(
         run_name=f"evaluate/{name}",
         nested=True,
         parent_run_id=parent_run_id,
-        tags={"stage": "evaluate", "evaluate.retrain": name},
+        tags={"stage": "evaluate", "evaluate.retrain": name, **experiment_tags()},
     )
     try:
         mlflow.log_params({**flatten(section.model_dump(), "train."), "seed": seed, "train_fraction": fraction})

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medmnist_pipeline.config import ModelParams
-from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.errors import PipelineError, not_a_model_file
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.models import Network, build_model
 
@@ -110,7 +110,7 @@ def _read(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such model file") from None
     except Exception as exc:  # noqa: BLE001 - unpickling errors of every kind mean the same
-        raise PipelineError(f"{path}: not a model file of this project ({exc})") from None
+        raise not_a_model_file(path, exc) from None
     if not isinstance(stored, dict) or stored.get("format") not in READABLE_FORMATS:
         raise PipelineError(f"{path}: not a model file of this project (expected format {MODEL_FORMAT})")
     return stored

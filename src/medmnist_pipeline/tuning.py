@@ -305,8 +305,9 @@ def _best_value(study: optuna.Study) -> str:
         return "none yet"
 
 
-def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out."""
+def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print) -> bool:
+    """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out;
+    True when ``tune.timeout_s`` ran out."""
     folder = trials_dir(study.study_name)
     folder.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
@@ -322,6 +323,8 @@ def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_
         run_trial(study, trial, params, meta, parent_run_id, folder, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
+        return True
+    return False
 
 
 def wait_for_other_workers(study: optuna.Study, log=print, poll_s: float = 2.0) -> None:

@@ -16,6 +16,7 @@ from medmnist_pipeline.tuning import (
     best_model_file,
     best_params_yaml,
     best_trial,
+    check_search_finished,
     count,
     enqueue_train_values,
     fail_stale_trials,
@@ -32,7 +33,7 @@ def main(params_path: str, worker: bool = False) -> None:
     params = load_params(params_path)
     check_trials_can_run(params)
     meta = load_meta(PREPARED_DIR)
-    study = open_study(params, meta)
+    study = open_study(params, meta, worker=worker)
     stale = fail_stale_trials(study)
     if stale:
         print(f"marked trial(s) {stale} failed: their process died (e.g. an interrupted run)")
@@ -59,10 +60,11 @@ def main(params_path: str, worker: bool = False) -> None:
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
         if enqueue_train_values(study, params):
             print("trial 0 tries the train section's own values: the configuration to beat")
-        optimize(study, params, meta, run.info.run_id)
+        timed_out = optimize(study, params, meta, run.info.run_id)
         wait_for_other_workers(study)
 
         best = best_trial(study)
+        check_search_finished(study, params, timed_out)
         reports.mkdir(parents=True, exist_ok=True)
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
         trials_table(study).to_csv(reports / "trials.csv", index=False)
