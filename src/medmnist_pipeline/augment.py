@@ -9,6 +9,7 @@ import difflib
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,18 @@ def check_pipeline_output(transforms: list[dict[str, dict[str, Any]]], size: int
     if out.dtype != np.uint8 or out.shape != shape:
         return f"must keep uint8 images of shape {shape}, but produces {out.dtype} {out.shape}"
     return None
+
+
+def open_output(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 memory map the copies are written into, its disk space checked and reserved first: a write into a
+    memory map on a full disk is a SIGBUS that kills the process, never an error that can be reported."""
+    from medmnist_pipeline.files import allocate, check_free_space
+
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    check_free_space(path.parent, nbytes, f"augment ({shape[0]} copies of {shape[1]} images)")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    allocate(path, out.offset + nbytes, "augment")
+    return out
 
 
 def copy_seed(seed: int, copy: int) -> int:

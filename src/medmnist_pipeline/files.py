@@ -13,7 +13,7 @@ from pathlib import Path
 from medmnist_pipeline.errors import PipelineError
 
 # Room kept free beyond an output's own size: metadata, the preview figure, MLflow's store and the OS itself.
-FREE_SPACE_MARGIN_BYTES = 64 << 20
+FREE_SPACE_MARGIN_BYTES = 16 << 20
 
 
 def md5sum(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -85,6 +85,16 @@ def allocate(path: str | Path, nbytes: int, what: str) -> None:
         with open(path, "r+b") as f:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(f.fileno(), 0, nbytes)
+    except OSError as exc:
+        raise write_error(exc, what, path) from None
+
+
+@contextmanager
+def clear_write_errors(what: str, path: str | Path) -> Iterator[None]:
+    """Turn a failed write inside the block (disk full, read-only, quota) into a one-line PipelineError; use it
+    around an ``atomic_dir``/``atomic_file`` block, which has already removed what was half-written."""
+    try:
+        yield
     except OSError as exc:
         raise write_error(exc, what, path) from None
 

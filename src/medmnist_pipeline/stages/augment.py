@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
-from medmnist_pipeline.augment import augment_images, preview_grid
+from medmnist_pipeline.augment import augment_images, open_output, preview_grid
 from medmnist_pipeline.config import load_params
 from medmnist_pipeline.data import load_meta, load_split
 from medmnist_pipeline.figures import save_figure
-from medmnist_pipeline.files import atomic_dir
+from medmnist_pipeline.files import atomic_dir, clear_write_errors
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, stage_run
 
@@ -26,12 +26,12 @@ def main(params_path: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         started = time.perf_counter()
-        with atomic_dir(AUGMENTED_DIR) as tmp:
+        with clear_write_errors("augment", AUGMENTED_DIR), atomic_dir(AUGMENTED_DIR) as tmp:
             path = tmp / "train_images.npy"
             if copies == 0:
                 np.save(path, np.empty((0, *images.shape), np.uint8))
             else:
-                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(copies, *images.shape))
+                out = open_output(path, (copies, *images.shape))
                 columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
                 with Progress(*columns) as progress:
                     task = progress.add_task("augmenting", total=copies * len(images))
