@@ -28,6 +28,7 @@ from medmnist_pipeline.config import AugmentParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.datamodule import MedMNISTData
 from medmnist_pipeline.modelfile import DatasetRef, ModelFile
+from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
 from medmnist_pipeline.trainer import build_trainer, launch_rank
 
@@ -161,10 +162,13 @@ def resumable_run(stage: str, params: Params, section: TrainParams, meta: Datase
     run_id_file = checkpoint_dir.with_name(checkpoint_dir.name + ".mlflow_run_id")
     interrupted = (checkpoint_dir / "last.ckpt").is_file() and run_id_file.is_file() and section.resume == "auto"
     resumed_run = run_id_file.read_text().strip() if interrupted else None
+    for ended in end_abandoned_runs(stage, params, keep=checkpoint_dir if resumed_run else None):
+        print(f"ended the interrupted {stage} run {ended} as KILLED: its inputs changed, it can never resume")
     sections = ["seed", stage] + (["augment"] if section.augmented else [])
     with stage_run(stage, params, sections, tags=dataset_tags(meta), run_id=resumed_run) as run:
         run_id_file.parent.mkdir(parents=True, exist_ok=True)
         run_id_file.write_text(run.info.run_id)
+        _owner_file(checkpoint_dir).write_text(worker_id())
         if resumed_run:
             print(f"resuming the interrupted run from {checkpoint_dir / 'last.ckpt'} (MLflow run {resumed_run})")
         logger = MLFlowLogger(
@@ -173,3 +177,38 @@ def resumable_run(stage: str, params: Params, section: TrainParams, meta: Datase
         yield StageRun(checkpoint_dir, logger, run)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     run_id_file.unlink(missing_ok=True)
+    _owner_file(checkpoint_dir).unlink(missing_ok=True)
+
+
+def _owner_file(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir.with_name(checkpoint_dir.name + ".owner")
+
+
+def end_abandoned_runs(stage: str, params: Params, keep: Path | None) -> list[str]:
+    """Interrupted runs of ``stage`` that nothing will resume: their checkpoint key no longer matches the params
+    (or ``resume: never`` starts afresh). Their MLflow runs, left RUNNING by the killed process, end as KILLED and
+    their checkpoint folders go. A run whose process is still alive on this machine (another `dvc exp` worker) is
+    left alone. Returns the run ids ended."""
+    import mlflow
+
+    from medmnist_pipeline.tracking import tracking_uri
+
+    ended = []
+    for run_id_file in sorted(checkpoints_dir().glob(f"{stage}-*.mlflow_run_id")):
+        folder = run_id_file.with_name(run_id_file.name.removesuffix(".mlflow_run_id"))
+        owner = _owner_file(folder)
+        if folder == keep or (owner.is_file() and not dead_here(owner.read_text().strip())):
+            continue
+        run_id = run_id_file.read_text().strip()
+        mlflow.set_tracking_uri(tracking_uri(params))
+        client = mlflow.MlflowClient()
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+                ended.append(run_id)
+        except mlflow.exceptions.MlflowException:  # not in this store (a store can be replaced): only clean up
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+        run_id_file.unlink(missing_ok=True)
+        owner.unlink(missing_ok=True)
+    return ended

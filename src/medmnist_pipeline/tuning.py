@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from medmnist_pipeline.config import Distribution, Params, TrainParams
 from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
 from medmnist_pipeline.tracking import flatten
 
@@ -107,34 +107,18 @@ def open_study(params: Params, meta: DatasetMeta, worker: bool = False) -> optun
     return study
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by a killed process on this machine are marked FAIL (others use the RDB heartbeat)."""
     failed = []
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("worker", "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        if dead_here(owner):
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {owner} died")
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             failed.append(trial.number)
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)  # trials whose worker's heartbeat stopped, on any machine
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
