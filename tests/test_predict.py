@@ -4,6 +4,7 @@ with Pillow (grey, RGB, RGBA, palette, 16-bit; several sizes), folders, npz file
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -325,13 +326,22 @@ def test_clear_errors_exit_1_without_output(trained: dict, tmp_path: Path, capsy
     image = tmp_path / "full.png"
     (tmp_path / "model.txt").write_text("weights? no")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    torch.save(
+        {"state_dict": argparse.Namespace(code="anything")}, tmp_path / "pickled.ckpt"
+    )  # refused by weights_only
     for model, message in [
         (tmp_path / "absent.ckpt", "absent.ckpt: no such model file"),
         (tmp_path / "model.txt", "model.txt: not a model file of this project"),
         (tmp_path / "other.pt", "other.pt: not a model file of this project"),
+        (
+            tmp_path / "pickled.ckpt",
+            "pickled.ckpt: not a model file of this project (it holds Python objects that are not plain tensors); "
+            "it was not loaded",
+        ),
     ]:
         code, out, err = predict(capsys, "--model", model, image)
         assert (code, out) == (1, "") and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "weights_only" not in err, err  # one line, no unsafe advice
 
     # --out naming a folder: clear error, and no temporary file left beside it
     (tmp_path / "folder.csv").mkdir()
