@@ -225,6 +225,30 @@ def test_two_workers_share_one_study(project: tuple[Path, dict]) -> None:
     assert len(child_runs(params, parent)) == 6  # the workers' trials hang under the same parent run
 
 
+@pytest.mark.slow  # ~2 min on the 2-core CPU
+def test_stage_fails_when_a_killed_worker_leaves_fewer_than_n_trials(project: tuple[Path, dict]) -> None:
+    workdir, params = project
+    params["tune"]["n_trials"] = 3
+    params["tune"]["pruner"]["name"] = "none"
+    params["tune"]["fixed"]["train.max_epochs"] = 6
+    write_params(workdir / "params.yaml", params)
+    main = run_cli(workdir)
+    wait_for(lambda: "mlflow_parent_run_id" in study_of(workdir).user_attrs)
+    worker = run_cli(workdir, "--worker")
+    wait_for(
+        lambda: any(
+            t.user_attrs.get("worker", "").endswith(f":{worker.pid}")
+            for t in study_of(workdir).get_trials(states=(TrialState.RUNNING,))
+        )
+    )
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    output, _ = main.communicate(timeout=600)
+    assert main.returncode == 1, output  # DVC must not record the stage as done
+    assert "only 2 of tune.n_trials=3 trials finished (1 failed)" in output, output
+    assert not (workdir / "reports/tune/metrics.json").exists()
+
+
 def test_a_two_process_ddp_trial(project: tuple[Path, dict], tmp_path: Path) -> None:
     workdir, params = project
     params["tune"].update({"n_trials": 1, "storage": f"sqlite:///{tmp_path / 'optuna.db'}"})
