@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import yaml
 from optuna.trial import TrialState
@@ -21,6 +19,7 @@ from medmnist_pipeline.tuning import (
     count,
     enqueue_train_values,
     fail_stale_trials,
+    fetch_trial_model,
     open_study,
     optimize,
     save_study_plots,
@@ -35,7 +34,7 @@ def main(params_path: str, worker: bool = False) -> None:
     check_trials_can_run(params)
     meta = load_meta(PREPARED_DIR)
     study = open_study(params, meta)
-    stale = fail_stale_trials(study)
+    stale = fail_stale_trials(study, params)
     if stale:
         print(f"marked trial(s) {stale} failed: their process died (e.g. an interrupted run)")
     finished = count(study, FINISHED)
@@ -67,7 +66,7 @@ def main(params_path: str, worker: bool = False) -> None:
         if enqueue_train_values(study, params):
             print("trial 0 tries the train section's own values: the configuration to beat")
         optimize(study, params, meta, run.info.run_id)
-        wait_for_other_workers(study)
+        wait_for_other_workers(study, params)
 
         best = best_trial(study)
         best_params = trial_train_params(params, best.params).model_dump()
@@ -89,15 +88,11 @@ def main(params_path: str, worker: bool = False) -> None:
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_study_plots(study, reports)
 
-        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit.
+        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit;
+        # through MLflow when the trial ran on another machine.
         MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        source = best.user_attrs.get("model_path")
-        if not source or not Path(source).is_file():
-            raise PipelineError(
-                f"the best trial's model {source} is not on this machine (it ran in a worker "
-                "elsewhere); copy it here or run tune where the trials' files are shared"
-            )
-        shutil.copyfile(source, MODELS_DIR / "tuned.ckpt")
+        source = fetch_trial_model(best, params, MODELS_DIR / "tuned.ckpt")
+        print(f"models/tuned.ckpt: trial {best.number}'s model, from {source}")
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
