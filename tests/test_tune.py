@@ -193,10 +193,10 @@ def test_sigkill_loses_no_completed_trial(project: tuple[Path, dict]) -> None:
     params["tune"]["fixed"]["train.max_epochs"] = 6
     write_params(workdir / "params.yaml", params)
     process = run_cli(workdir)
-    wait_for(
+    wait_for(  # killed while training a trial (its MLflow run started, its epochs under way)
         lambda: (
             len(study_of(workdir).get_trials(states=(TrialState.COMPLETE,))) >= 1
-            and study_of(workdir).get_trials(states=(TrialState.RUNNING,))
+            and any(t.intermediate_values for t in study_of(workdir).get_trials(states=(TrialState.RUNNING,)))
         )
     )
     process.send_signal(signal.SIGKILL)
@@ -218,6 +218,7 @@ def test_sigkill_loses_no_completed_trial(project: tuple[Path, dict]) -> None:
         filter_string=f"tags.`tune.trial` = '{running[0]}'",
     )
     assert dead_run.info.status == "KILLED" and "died" in dead_run.data.tags["fail_reason"]
+    assert not list((workdir / "optuna/trials").glob("*/trial-*/"))  # the dead trial's checkpoints are gone
 
 
 def test_two_workers_share_one_study(project: tuple[Path, dict]) -> None:

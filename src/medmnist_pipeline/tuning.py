@@ -402,6 +402,7 @@ def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_
     """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out."""
     trials_dir = project_root() / "optuna" / "trials" / study.study_name
     trials_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_trials_state(study, trials_dir)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
     while time.monotonic() < deadline:
         with ask_lock(study):
@@ -418,6 +419,19 @@ def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_
         run_trial(study, trial, params, meta, parent_run_id, trials_dir, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
+
+
+def remove_dead_trials_state(study: optuna.Study, trials_dir: Path) -> list[str]:
+    """The resumable state (``trial-N/``) a killed process left in this project: trials are never resumed (a dead
+    one is failed and replaced), so a folder whose trial is no longer running is garbage. Model files stay."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    removed = []
+    for folder in trials_dir.glob("trial-*"):
+        number = folder.name.removeprefix("trial-")
+        if folder.is_dir() and number.isdigit() and int(number) not in running:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def wait_for_other_workers(study: optuna.Study, params: Params, log=print, poll_s: float = 2.0) -> None:
