@@ -398,24 +398,41 @@ def _best_value(study: optuna.Study) -> str:
         return "none yet"
 
 
-def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out."""
+def optimize(
+    study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print, poll_s: float = 2.0
+) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out.
+
+    While the trials still missing are running in other workers, this process waits instead of returning: if one of
+    those workers dies, its trial is failed (``fail_stale_trials``) and this process runs the replacement, so the
+    study completes with nothing lost."""
     trials_dir = project_root() / "optuna" / "trials" / study.study_name
     trials_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_trials_state(study, trials_dir)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
+    waiting = False
     while time.monotonic() < deadline:
         with ask_lock(study):
             # a dead worker's trial must not count as running, or nobody replaces it
             if stale := fail_stale_trials(study, params):
                 log(f"marked trial(s) {stale} failed: their worker died")
-            if count(study, FINISHED + (TrialState.RUNNING,)) >= params.tune.n_trials:
+                remove_dead_trials_state(study, trials_dir)
+            trial = None
+            if count(study, FINISHED) >= params.tune.n_trials:
                 break
             if count(study, (TrialState.FAIL,)) >= params.tune.n_trials:  # more failures than trials wanted:
                 log(f"{params.tune.n_trials} trials failed: stopping the search")  # the search itself is broken
                 break
-            trial = study.ask()
-            trial.set_user_attr("worker", worker_id())
+            if count(study, FINISHED + (TrialState.RUNNING,)) < params.tune.n_trials:
+                trial = study.ask()
+                trial.set_user_attr("worker", worker_id())
+        if trial is None:  # the missing trials are running elsewhere: watch them
+            if not waiting:
+                log(f"waiting for {count(study, (TrialState.RUNNING,))} trial(s) still running in other workers")
+            waiting = True
+            time.sleep(poll_s)
+            continue
+        waiting = False
         run_trial(study, trial, params, meta, parent_run_id, trials_dir, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
