@@ -12,24 +12,13 @@ import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medmnist_pipeline.config import Params, TrackingParams
+from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
-DB_NAME = "mlflow.db"
-ARTIFACTS_DIR = "mlruns"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The project root. ``dvc exp run --temp`` and ``--queue`` run stages in a copy under
-    ``<root>/.dvc/tmp/exps/``: their runs belong to the original project, so resolve to it."""
-    here = (start or Path.cwd()).resolve()
-    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), here)
-    parts = root.parts
-    for i in range(len(parts) - 1):
-        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
-            return Path(*parts[:i])
-    return root
+if TYPE_CHECKING:  # torch stays unimported for the light commands
+    from medmnist_pipeline.modelfile import ModelFile
 
 
 def tracking_uri(params: Params) -> str:
@@ -43,7 +32,7 @@ def uri_of(tracking: TrackingParams | None) -> str:
 
 
 def default_uri() -> str:
-    return f"sqlite:///{project_root() / DB_NAME}"
+    return f"sqlite:///{project_root() / MLFLOW_DB}"
 
 
 # The columns of MLflow's SQL store that hold absolute artifact locations (MLflow 3.17's schema).
@@ -67,22 +56,22 @@ def relocate_local_store(root: Path | None = None) -> int:
     (moved) or has an ``mlflow.db`` beside it (copied); other absolute locations a user chose are left alone.
     Returns the number of rows changed."""
     root = project_root(root)
-    db = root / DB_NAME
+    db = root / MLFLOW_DB
     if not db.is_file():
         return 0
-    new = str(root / ARTIFACTS_DIR)
+    new = str(root / MLRUNS)
     with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection:
         tables = {t for (t,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "experiments" not in tables:
             return 0
         olds = set()
         for (location,) in connection.execute("SELECT artifact_location FROM experiments"):
-            match = re.fullmatch(rf"(.*)/{ARTIFACTS_DIR}(?:/\d+)?", _local_path(location or "") or "")
-            if not match or f"{match.group(1)}/{ARTIFACTS_DIR}" == new:
+            match = re.fullmatch(rf"(.*)/{MLRUNS}(?:/\d+)?", _local_path(location or "") or "")
+            if not match or f"{match.group(1)}/{MLRUNS}" == new:
                 continue
             old_root = Path(match.group(1))
-            if not (old_root / ARTIFACTS_DIR).exists() or (old_root / DB_NAME).is_file():
-                olds.add(str(old_root / ARTIFACTS_DIR))
+            if not (old_root / MLRUNS).exists() or (old_root / MLFLOW_DB).is_file():
+                olds.add(str(old_root / MLRUNS))
         changed = 0
         with connection:  # one transaction: all locations move together
             for old in sorted(olds):
@@ -128,7 +117,7 @@ def experiment_id(params: Params) -> str:
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    location = (project_root() / ARTIFACTS_DIR).as_uri() if local else None
+    location = (project_root() / MLRUNS).as_uri() if local else None
     try:  # the kind tag makes MLflow 3's UI open the experiment on its runs, not on the GenAI traces overview
         return mlflow.create_experiment(
             params.tracking.experiment,
@@ -217,3 +206,35 @@ def stage_run(
             flat = {k: v for k, v in flat.items() if k not in run.data.params}
         mlflow.log_params(flat)
         yield run
+
+
+def log_pytorch_model(model: ModelFile, registered_model_name: str | None = None) -> Any:
+    """The model as an MLflow PyTorch model that takes raw pixel values (0-255, float32, N x C x H x W) and
+    returns class probabilities, with an input example and the signature inferred from it."""
+    import logging
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from medmnist_pipeline.modelfile import ProbabilityModel
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its import (by mlflow.pytorch) resets INFO
+    wrapped = ProbabilityModel(model.network(), model.task)
+    example = np.zeros((2, model.in_channels, model.image_size, model.image_size), np.float32)
+    # metadata: what a caller needs to feed the model and name its outputs (medmnist-pipeline predict reads it)
+    metadata = {
+        "labels": list(model.labels),
+        "task": model.task,
+        "image_size": model.image_size,
+        "in_channels": model.in_channels,
+        "dataset": model.dataset.flag,
+    }
+    return mlflow.pytorch.log_model(
+        wrapped,
+        name="model",
+        input_example=example,
+        metadata=metadata,
+        registered_model_name=registered_model_name,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )

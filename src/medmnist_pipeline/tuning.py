@@ -26,13 +26,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from medmnist_pipeline.config import Distribution, Params, TrainParams, validate
+from medmnist_pipeline.config import Distribution, Params, TrainParams
+from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
-from medmnist_pipeline.tracking import flatten, project_root
+from medmnist_pipeline.paths import optuna_journal, trials_dir
+from medmnist_pipeline.tracking import flatten
 
-JOURNAL = Path("optuna") / "journal.log"  # under the project root; not a DVC output, so it survives repro
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A server database (workers on several machines): a running trial writes a heartbeat every HEARTBEAT_S seconds;
 # one silent for GRACE_S is the trial of a dead worker, and the next process that looks fails it.
@@ -63,7 +64,7 @@ def storage_for(params: Params) -> Any:
     if url and "://" in url:
         # A heartbeat lets any worker mark the trials of a vanished worker as failed.
         return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    path = Path(url) if url else project_root() / JOURNAL
+    path = Path(url) if url else optuna_journal()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
@@ -200,7 +201,7 @@ def ask_lock(study: optuna.Study) -> Iterator[None]:
             finally:
                 connection.execute(text(release), args)
         return
-    path = project_root() / JOURNAL.with_suffix(".ask.lock")
+    path = optuna_journal().with_suffix(".ask.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -288,7 +289,6 @@ def trial_train_params(params: Params, values: dict[str, Any]) -> TrainParams:
     tree = copy.deepcopy(params.train.model_dump())
     for path, value in {**params.tune.fixed, **values}.items():
         set_path(tree, path, value)
-    tree["resume"] = "never"  # a trial that dies is failed and replaced, not resumed
     return validate(TrainParams, tree, source="a tuning trial's train params", prefix=("train",))
 
 
@@ -302,7 +302,7 @@ def run_trial(
     params: Params,
     meta: DatasetMeta,
     parent_run_id: str,
-    trials_dir: Path,
+    folder: Path,
     log,
 ) -> None:
     """Train one trial in its own nested MLflow run and tell the study how it ended."""
@@ -310,9 +310,8 @@ def run_trial(
     from lightning.pytorch.loggers import MLFlowLogger
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from medmnist_pipeline.fitting import fit
+    from medmnist_pipeline.fit import fit
     from medmnist_pipeline.tracking import experiment_id, tracking_uri
-    from medmnist_pipeline.training import export_model
 
     started = time.perf_counter()
     values = {path: suggest(trial, path, dist) for path, dist in params.tune.space.items()}
@@ -338,14 +337,15 @@ def run_trial(
             experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
         )
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
-        checkpoint_dir = trials_dir / f"trial-{trial.number}"
+        checkpoint_dir = folder / f"trial-{trial.number}"
+        # resume=False: a trial that dies is failed and replaced, not resumed
         with heartbeat(study, trial):
-            result = fit(section, params.seed, meta, checkpoint_dir, logger, callbacks=[pruning], progress=False)
+            result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
-        model_path = trials_dir / f"trial-{trial.number}.ckpt"
+        model_path = folder / f"trial-{trial.number}.ckpt"
         with atomic_file(model_path) as tmp:
-            export_model(result.module, meta, result.val, tmp, result.history, run.info.run_id)
+            result.model_file(meta, run.info.run_id).save(tmp)
         # The model travels through MLflow (workers on other machines); the local file is only a cache of it,
         # trusted when its MD5 matches.
         mlflow.log_artifact(str(model_path), artifact_path=MODEL_ARTIFACT_DIR)
@@ -371,7 +371,7 @@ def run_trial(
         mlflow.end_run("FAILED")
         verdict = f"FAILED ({' '.join(reason.split())[:200]})"
     finally:
-        shutil.rmtree(trials_dir / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
+        shutil.rmtree(folder / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
     best = _best_value(study)
     shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items())
     log(f"trial {trial.number:3d} [{shown}] -> {verdict}; {time.perf_counter() - started:5.1f} s; best so far {best}")
@@ -406,9 +406,9 @@ def optimize(
     While the trials still missing are running in other workers, this process waits instead of returning: if one of
     those workers dies, its trial is failed (``fail_stale_trials``) and this process runs the replacement, so the
     study completes with nothing lost."""
-    trials_dir = project_root() / "optuna" / "trials" / study.study_name
-    trials_dir.mkdir(parents=True, exist_ok=True)
-    remove_dead_trials_state(study, trials_dir)
+    folder = trials_dir(study.study_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_trials_state(study, folder)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
     waiting = False
     while time.monotonic() < deadline:
@@ -416,7 +416,7 @@ def optimize(
             # a dead worker's trial must not count as running, or nobody replaces it
             if stale := fail_stale_trials(study, params):
                 log(f"marked trial(s) {stale} failed: their worker died")
-                remove_dead_trials_state(study, trials_dir)
+                remove_dead_trials_state(study, folder)
             trial = None
             if count(study, FINISHED) >= params.tune.n_trials:
                 break
@@ -433,21 +433,21 @@ def optimize(
             time.sleep(poll_s)
             continue
         waiting = False
-        run_trial(study, trial, params, meta, parent_run_id, trials_dir, log)
+        run_trial(study, trial, params, meta, parent_run_id, folder, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
 
 
-def remove_dead_trials_state(study: optuna.Study, trials_dir: Path) -> list[str]:
+def remove_dead_trials_state(study: optuna.Study, folder: Path) -> list[str]:
     """The resumable state (``trial-N/``) a killed process left in this project: trials are never resumed (a dead
     one is failed and replaced), so a folder whose trial is no longer running is garbage. Model files stay."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     removed = []
-    for folder in trials_dir.glob("trial-*"):
-        number = folder.name.removeprefix("trial-")
-        if folder.is_dir() and number.isdigit() and int(number) not in running:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
+    for state in folder.glob("trial-*"):
+        number = state.name.removeprefix("trial-")
+        if state.is_dir() and number.isdigit() and int(number) not in running:
+            shutil.rmtree(state, ignore_errors=True)
+            removed.append(state.name)
     return removed
 
 
@@ -475,6 +475,22 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
             f"({len(study.trials)} trials); reasons: {'; '.join(sorted(reasons))[:2000]}"
         )
     return study.best_trial
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    return {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+
+
+def best_params_yaml(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial) -> str:
+    """``reports/tune/best_params.yaml``: the full train section of the best trial, which evaluate retrains."""
+    import yaml
+
+    section = trial_train_params(params, best.params).model_dump()
+    header = (
+        f"# The train params of trial {best.number} of study {study.study_name} "
+        f"({params.tune.metric} {best.value:.4f})\n"
+    )
+    return header + yaml.safe_dump({"train": section}, sort_keys=False)
 
 
 def fetch_trial_model(trial: optuna.trial.FrozenTrial, params: Params, target: Path) -> str:
@@ -525,11 +541,11 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
     """Optuna's own matplotlib views of the study, as PNGs (each needs enough completed trials to exist)."""
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from medmnist_pipeline.figures import save_figure, use_agg_pyplot
+
+    use_agg_pyplot()
     from optuna.visualization import matplotlib as views
 
     saved = []
@@ -543,13 +559,10 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "experimental" notices
-                axes = view(study)
-                figure = np.ravel(axes)[0].figure
+                figure = np.ravel(view(study))[0].figure  # Optuna draws on pyplot; save_figure releases it
                 figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
                 figure.tight_layout()
-            figure.savefig(out_dir / f"{name}.png", dpi=110)
-            plt.close(figure)
-            saved.append(out_dir / f"{name}.png")
+            saved.append(save_figure(figure, out_dir / f"{name}.png", dpi=110))
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials with varying params
             log(f"plot {name} skipped: {exc}")
     return saved

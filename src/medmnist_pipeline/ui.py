@@ -23,7 +23,8 @@ from pathlib import Path
 
 from medmnist_pipeline.config import TrackingParams, load_section
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.tracking import ARTIFACTS_DIR, default_uri, project_root, relocate_local_store, uri_of
+from medmnist_pipeline.paths import MLRUNS, project_root
+from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -86,7 +87,7 @@ def server_command(uri: str, host: str, port: int, artifacts: Path | None = None
         uri,
         "--serve-artifacts",
         "--artifacts-destination",
-        str(artifacts or project_root() / ARTIFACTS_DIR),
+        str(artifacts or project_root() / MLRUNS),
         "--host",
         host,
         "--port",
@@ -173,7 +174,7 @@ def main(params_path: str | Path = "params.yaml", host: str = DEFAULT_HOST, port
         )
     check_port_free(host, port)
     if uri == default_uri() and (moved := relocate_local_store()):
-        print(f"the project has moved: {moved} artifact locations now point into {project_root() / ARTIFACTS_DIR}")
+        print(f"the project has moved: {moved} artifact locations now point into {project_root() / MLRUNS}")
 
     base = f"http://{url_host(host)}:{port}"
     print(f"Starting the MLflow UI for {uri} ...", flush=True)
