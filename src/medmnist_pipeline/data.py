@@ -267,3 +267,14 @@ def class_counts(labels: np.ndarray, meta: DatasetMeta) -> dict[str, int]:
     """Images per class; for multi-label data, positives per label."""
     counts = labels.sum(axis=0) if meta.multi_label else np.bincount(labels[:, 0], minlength=meta.num_outputs)
     return {name: int(n) for name, n in zip(meta.labels, counts, strict=True)}
+
+
+def examples_per_class(
+    images: np.ndarray, labels: np.ndarray, meta: DatasetMeta, count: int = 8
+) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` images of each class (of each label's positives, for multi-label data), for a grid."""
+    rows = []
+    for index, name in enumerate(meta.labels):
+        chosen = (labels[:, index] == 1) if meta.multi_label else (labels[:, 0] == index)
+        rows.append((name, images[chosen.nonzero()[0][:count]]))
+    return rows

@@ -74,6 +74,26 @@ def metrics_with_ci(
     return out
 
 
+def score_models(
+    models: dict[str, ModelFile], splits: dict[str, Split], task: str, bootstrap: BootstrapParams, seed: int, log=print
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Each model's official test metrics with bootstrap intervals and its validation metrics (``metrics.json``'s
+    ``{model: {"test": {acc, auc, acc_ci, auc_ci}, "val": {acc, auc}}}``), and its test scores."""
+    metrics, test_scores = {}, {}
+    for name, model in models.items():
+        test_scores[name] = scores(model, splits["test"])
+        metrics[name] = {
+            "test": metrics_with_ci(splits["test"].labels, test_scores[name], task, bootstrap, seed),
+            "val": split_metrics(splits["val"].labels, scores(model, splits["val"]), task),
+        }
+        t = metrics[name]["test"]
+        log(
+            f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
+            f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
+        )
+    return metrics, test_scores
+
+
 def reference_rows(flag: str) -> pd.DataFrame:
     """The MedMNIST v2 benchmark rows (Yang et al. 2023, Table 3) for ``flag``: method, test_auc, test_acc."""
     table = pd.read_csv(resources.files("medmnist_pipeline").joinpath("medmnist_v2_benchmark.csv"))

@@ -14,14 +14,12 @@ from medmnist_pipeline.evaluation import (
     error_analysis,
     load_models,
     load_splits,
-    metrics_with_ci,
     reference_rows,
     register_tuned,
-    scores,
+    score_models,
     seed_runs,
     seed_summary,
     size_curve,
-    split_metrics,
 )
 from medmnist_pipeline.figures import note_figure, save_figure
 from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, reports_dir, retrains_dir
@@ -43,20 +41,7 @@ def main(params_path: str) -> None:
     with stage_run("evaluate", params, ["seed", "evaluate"], tags=tags) as run:
         import mlflow
 
-        metrics, test_scores = {}, {}
-        for name, model in models.items():
-            test_scores[name] = scores(model, splits["test"])
-            metrics[name] = {
-                "test": metrics_with_ci(
-                    splits["test"].labels, test_scores[name], meta.task, settings.bootstrap, params.seed
-                ),
-                "val": split_metrics(splits["val"].labels, scores(model, splits["val"]), meta.task),
-            }
-            t = metrics[name]["test"]
-            print(
-                f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
-                f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
-            )
+        metrics, test_scores = score_models(models, splits, meta.task, settings.bootstrap, params.seed)
         best = max(metrics, key=lambda name: metrics[name]["val"]["auc"])  # chosen on validation, never on test
 
         fractions = settings.learning_curve.fractions
