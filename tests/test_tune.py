@@ -25,7 +25,8 @@ from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import tune
-from medmnist_pipeline.tuning import open_study
+from medmnist_pipeline.tracking import experiment_id
+from medmnist_pipeline.tuning import fail_stale_trials, fetch_trial_model, heartbeat, open_study
 from test_training import prepare, tiny, use_custom
 
 
@@ -98,6 +99,22 @@ def test_tune_writes_outputs_and_nests_trial_runs(project: tuple[Path, dict]) ->
         assert child.info.status == expected
         assert "train.optimizer.lr" in child.data.params
     assert any(c.data.metrics.get("val/auc") is not None for c in children)  # per-epoch metrics in each trial
+
+    # Every trial's model file is an artifact of its run; the best one reaches models/tuned.ckpt through MLflow
+    # when this machine has no (or a wrong) copy of it.
+    study = study_of(workdir)
+    for trial in study.trials:  # (a pruned trial stopped before it had a model)
+        logged = [a.path for a in mlflow.MlflowClient().list_artifacts(trial.user_attrs["mlflow_run_id"], "checkpoint")]
+        assert logged == ([f"checkpoint/trial-{trial.number}.ckpt"] if trial.state == TrialState.COMPLETE else [])
+    best, tuned = study.best_trial, (workdir / "models/tuned.ckpt").read_bytes()
+    loaded = load_params(workdir / "params.yaml")
+    assert fetch_trial_model(best, loaded, workdir / "a.ckpt").startswith("the local copy")
+    cache = Path(best.user_attrs["model_path"])
+    cache.write_bytes(b"not the model")
+    assert fetch_trial_model(best, loaded, workdir / "b.ckpt").startswith("MLflow run")
+    cache.unlink()
+    assert fetch_trial_model(best, loaded, workdir / "c.ckpt").startswith("MLflow run")
+    assert {(workdir / f"{n}.ckpt").read_bytes() for n in "abc"} == {tuned}
 
 
 def test_rerun_resumes_the_same_study_and_a_changed_search_starts_a_new_one(project: tuple[Path, dict]) -> None:
@@ -181,10 +198,10 @@ def test_sigkill_loses_no_completed_trial(project: tuple[Path, dict]) -> None:
     params["tune"]["fixed"]["train.max_epochs"] = 6
     write_params(workdir / "params.yaml", params)
     process = run_cli(workdir)
-    wait_for(
+    wait_for(  # killed while training a trial (its MLflow run started, its epochs under way)
         lambda: (
             len(study_of(workdir).get_trials(states=(TrialState.COMPLETE,))) >= 1
-            and study_of(workdir).get_trials(states=(TrialState.RUNNING,))
+            and any(t.intermediate_values for t in study_of(workdir).get_trials(states=(TrialState.RUNNING,)))
         )
     )
     process.send_signal(signal.SIGKILL)
@@ -200,6 +217,13 @@ def test_sigkill_loses_no_completed_trial(project: tuple[Path, dict]) -> None:
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
     assert [t.number for t in study.get_trials(states=(TrialState.FAIL,))] == running
     assert "died" in study.trials[running[0]].user_attrs["fail_reason"]
+    (dead_run,) = mlflow.search_runs(  # the dead trial's MLflow run is ended too, not RUNNING forever
+        experiment_names=[params["tracking"]["experiment"]],
+        output_format="list",
+        filter_string=f"tags.`tune.trial` = '{running[0]}'",
+    )
+    assert dead_run.info.status == "KILLED" and "died" in dead_run.data.tags["fail_reason"]
+    assert not list((workdir / "optuna/trials").glob("*/trial-*/"))  # the dead trial's checkpoints are gone
 
 
 def test_two_workers_share_one_study(project: tuple[Path, dict]) -> None:
@@ -259,6 +283,29 @@ def test_a_two_process_ddp_trial(project: tuple[Path, dict], tmp_path: Path) -> 
     tune.main("params.yaml")
     (trial,) = study_of(workdir).trials
     assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 3
+
+
+def test_a_trial_whose_heartbeat_stopped_fails_and_its_run_ends(tmp_path: Path, repo_params: dict) -> None:
+    """A worker on another machine that dies is noticed by its silent heartbeat (RDB storages): its trial is failed
+    with the reason and its MLflow run ended KILLED by the next process that looks. Short intervals for the test."""
+    params = load_params(write_params(tmp_path / "params.yaml", tiny(repo_params)))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("worker", "elsewhere:123")
+    run = mlflow.MlflowClient().create_run(
+        experiment_id(params), tags={"tune.study": "s", "tune.trial": str(trial.number)}
+    )
+    with heartbeat(study, trial):  # beats while the trial trains
+        time.sleep(2.5)
+        assert fail_stale_trials(study, params) == []
+    time.sleep(3.5)  # the worker is gone: no beat for longer than the grace period
+    assert fail_stale_trials(study, params) == [trial.number]
+    assert fail_stale_trials(study, params) == []  # reported once
+    (frozen,) = study.trials
+    assert frozen.state == TrialState.FAIL and "elsewhere:123 stopped its heartbeat" in frozen.user_attrs["fail_reason"]
+    ended = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and "heartbeat" in ended.data.tags["fail_reason"]
 
 
 @pytest.mark.parametrize(

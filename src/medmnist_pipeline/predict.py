@@ -52,11 +52,14 @@ def tracking_store(params_path: str | Path | None) -> str:
     file > ``sqlite:///<project root>/mlflow.db`` (the stages' own rule, ``tracking.tracking_uri``). ``params_path``
     None means ``params.yaml`` if there is one; only its ``tracking`` section is read and validated."""
     from medmnist_pipeline.config import TrackingParams, load_section
-    from medmnist_pipeline.tracking import uri_of
+    from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of
 
     path = Path(params_path or "params.yaml")
     read = params_path is not None or path.is_file()
-    return uri_of(load_section(path, "tracking", TrackingParams) if read else None)
+    uri = uri_of(load_section(path, "tracking", TrackingParams) if read else None)
+    if uri == default_uri():
+        relocate_local_store()  # a moved project's runs:/ URIs find their artifacts
+    return uri
 
 
 def _device() -> Any:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sqlite3
 import subprocess
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medmnist_pipeline.config import Params, TrackingParams
@@ -23,7 +28,70 @@ def tracking_uri(params: Params) -> str:
 def uri_of(tracking: TrackingParams | None) -> str:
     """``MLFLOW_TRACKING_URI`` (e.g. a team server) > ``tracking.uri`` > ``sqlite:///<root>/mlflow.db``."""
     configured = tracking.uri if tracking is not None else None
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{project_root() / MLFLOW_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or default_uri()
+
+
+def default_uri() -> str:
+    return f"sqlite:///{project_root() / MLFLOW_DB}"
+
+
+# The columns of MLflow's SQL store that hold absolute artifact locations (MLflow 3.17's schema).
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def relocate_local_store(root: Path | None = None) -> int:
+    """Make a moved or copied project's store point at its own ``mlruns/``.
+
+    The default store records absolute artifact locations (``<root>/mlruns/<experiment>/<run>/artifacts``; absolute
+    so that DVC's temporary experiment copies log into the project). After the folder moves, those paths point
+    nowhere (or, for a copy, into the original), and the UI, ``runs:/`` URIs and evaluate's run lookups find no
+    artifacts. This rewrites locations under an old ``<root>/mlruns`` to this root's, once: when nothing moved it
+    only reads the experiments table. An old location counts as this project's former place when it is gone
+    (moved) or has an ``mlflow.db`` beside it (copied); other absolute locations a user chose are left alone.
+    Returns the number of rows changed."""
+    root = project_root(root)
+    db = root / MLFLOW_DB
+    if not db.is_file():
+        return 0
+    new = str(root / MLRUNS)
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection:
+        tables = {t for (t,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        olds = set()
+        for (location,) in connection.execute("SELECT artifact_location FROM experiments"):
+            match = re.fullmatch(rf"(.*)/{MLRUNS}(?:/\d+)?", _local_path(location or "") or "")
+            if not match or f"{match.group(1)}/{MLRUNS}" == new:
+                continue
+            old_root = Path(match.group(1))
+            if not (old_root / MLRUNS).exists() or (old_root / MLFLOW_DB).is_file():
+                olds.add(str(old_root / MLRUNS))
+        changed = 0
+        with connection:  # one transaction: all locations move together
+            for old in sorted(olds):
+                pairs = {(old, new), (f"file://{old}", f"file://{new}"), (Path(old).as_uri(), Path(new).as_uri())}
+                for table, column in LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    for before, after in sorted(pairs):
+                        changed += connection.execute(
+                            f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '  # noqa: S608 - fixed names
+                            f'WHERE "{column}" = ? OR substr("{column}", 1, ?) = ?',
+                            (after, len(before) + 1, before, len(before) + 1, before + "/"),
+                        ).rowcount
+    return changed
+
+
+def _local_path(location: str) -> str | None:
+    if location.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlparse(location).path)
+    return location if location.startswith("/") else None
 
 
 def _mlflow() -> Any:
@@ -42,11 +110,13 @@ def experiment_id(params: Params) -> str:
     """Create the experiment on first use. For the default local store, artifacts go beside the database
     (an absolute path, so runs from DVC's temporary experiment copies land there too)."""
     mlflow = _mlflow()
+    local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
+    if local:
+        relocate_local_store()
     mlflow.set_tracking_uri(tracking_uri(params))
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
     location = (project_root() / MLRUNS).as_uri() if local else None
     try:  # the kind tag makes MLflow 3's UI open the experiment on its runs, not on the GenAI traces overview
         return mlflow.create_experiment(

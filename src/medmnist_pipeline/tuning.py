@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,17 @@ from medmnist_pipeline.config import Distribution, Params, TrainParams
 from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.files import atomic_file, md5sum
 from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
 from medmnist_pipeline.tracking import flatten
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A server database (workers on several machines): a running trial writes a heartbeat every HEARTBEAT_S seconds;
+# one silent for GRACE_S is the trial of a dead worker, and the next process that looks fails it.
+HEARTBEAT_S = 30
+GRACE_S = 120
+MODEL_ARTIFACT_DIR = "checkpoint"  # a trial run's model file: <run>/checkpoint/trial-N.ckpt (as train runs log it)
 
 
 # --- the study ----------------------------------------------------------------------------------------------
@@ -57,7 +64,7 @@ def storage_for(params: Params) -> Any:
     url = params.tune.storage
     if url and "://" in url:
         # A heartbeat lets any worker mark the trials of a vanished worker as failed.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     path = Path(url) if url else optuna_journal()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
@@ -107,24 +114,90 @@ def open_study(params: Params, meta: DatasetMeta, worker: bool = False) -> optun
     return study
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a killed process on this machine are marked FAIL (others use the RDB heartbeat)."""
-    failed = []
+def fail_stale_trials(study: optuna.Study, tracking: Any = None) -> list[int]:
+    """Trials left RUNNING by a dead process are marked FAIL: on this machine when their process is gone, on any
+    machine (server database) when their heartbeat stopped. Their MLflow runs, which the dead process could not
+    end, are ended KILLED with the reason (``tracking``: the Params whose tracking store holds them)."""
+    failed: dict[int, str] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("worker", "")
-        if dead_here(owner):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {owner} died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            failed.append(trial.number)
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # trials whose worker's heartbeat stopped, on any machine
-    return failed
+        if dead_here(owner) and _fail(study, trial._trial_id, f"worker {owner} died"):
+            failed[trial.number] = f"worker {owner} died"
+    rdb = _rdb(study)
+    if rdb is not None and rdb.heartbeat_interval:  # trials whose worker stopped beating, on any machine
+        running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        # (Optuna's public fail_stale_trials gives no way to record why; its stale-trial query is the same)
+        for trial_id in rdb._get_stale_trial_ids(study._study_id):
+            owner = running[trial_id].user_attrs.get("worker", "?") if trial_id in running else "?"
+            reason = f"worker {owner} stopped its heartbeat for over {rdb.grace_period} s"
+            if trial_id in running and _fail(study, trial_id, reason):
+                failed[running[trial_id].number] = reason
+    if failed and tracking is not None:
+        end_dead_trial_runs(study.study_name, failed, tracking)
+    return sorted(failed)
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage (Optuna wraps it in a cache), or None for other storages."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """FAIL a RUNNING trial; False if another process got there first (each dead trial is reported once)."""
+    try:
+        study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
+def end_dead_trial_runs(study_name: str, reasons: dict[int, str], tracking: Any) -> list[str]:
+    """End the MLflow runs of dead trials as KILLED, with a ``fail_reason`` tag: the process that would have
+    ended them is gone, and a run left RUNNING would look alive forever. Found by their tags, so a run is found
+    even if its process died before it could record the run id anywhere."""
+    from medmnist_pipeline.tracking import _mlflow, experiment_id
+
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    ended = []
+    for number, reason in reasons.items():
+        runs = client.search_runs(
+            [experiment_id(tracking)],
+            filter_string=f"tags.`tune.study` = '{study_name}' and tags.`tune.trial` = '{number}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, "fail_reason", reason)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 @contextlib.contextmanager
-def ask_lock() -> Iterator[None]:
-    """Count-then-ask must be atomic across the workers of one machine, or two workers both start the last
-    trial. (Workers on several machines share no file system lock; they may overshoot by one trial each.)"""
+def ask_lock(study: optuna.Study) -> Iterator[None]:
+    """Count-then-ask must be atomic across all workers, or two workers both start the last trial. With a
+    PostgreSQL or MySQL study the lock is the database's own (an advisory lock named after the study), which holds
+    across machines; otherwise a file lock in the project, which holds across the processes of one machine."""
+    backend = _rdb(study)
+    dialect = backend.engine.dialect.name if backend is not None else None
+    if dialect in ("postgresql", "mysql"):
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:8], "big", signed=True)
+        take, release = {
+            "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+            "mysql": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+        }[dialect]
+        args = {"key": key, "name": f"optuna-ask-{study.study_name}"[:64]}
+        with backend.engine.connect() as connection:  # the lock belongs to this one connection
+            connection.execute(text(take), args)
+            try:
+                yield
+            finally:
+                connection.execute(text(release), args)
+        return
     path = optuna_journal().with_suffix(".ask.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -133,6 +206,32 @@ def ask_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Optuna records heartbeats only inside ``study.optimize``; trials run with ask/tell record their own, so
+    that a worker that dies on another machine is noticed (``fail_stale_trials``)."""
+    storage = _rdb(study)
+    if storage is None or not storage.heartbeat_interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; the trial itself goes on
+                storage.record_heartbeat(trial._trial_id)
+            if stop.wait(storage.heartbeat_interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --- trials -------------------------------------------------------------------------------------------------
@@ -227,6 +326,7 @@ def run_trial(
         },
     )
     try:
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
         mlflow.log_params(flatten(values))
         section = trial_train_params(params, values)
         # every train.* key, as the train stage's runs have them: trials and train runs compare side by side
@@ -237,12 +337,19 @@ def run_trial(
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
         checkpoint_dir = folder / f"trial-{trial.number}"
         # resume=False: a trial that dies is failed and replaced, not resumed
-        result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
+        with heartbeat(study, trial):
+            result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
         model_path = folder / f"trial-{trial.number}.ckpt"
-        result.model_file(meta, run.info.run_id).save(model_path)
+        with atomic_file(model_path) as tmp:
+            result.model_file(meta, run.info.run_id).save(tmp)
+        # The model travels through MLflow (workers on other machines); the local file is only a cache of it,
+        # trusted when its MD5 matches.
+        mlflow.log_artifact(str(model_path), artifact_path=MODEL_ARTIFACT_DIR)
         trial.set_user_attr("model_path", str(model_path))
+        trial.set_user_attr("model_md5", md5sum(model_path))
+        trial.set_user_attr("model_artifact", f"{MODEL_ARTIFACT_DIR}/{model_path.name}")
         trial.set_user_attr("best_epoch", result.best["epoch"])
         mlflow.log_metric("trial/value", value)
         tell(study, trial, values=value)
@@ -289,21 +396,42 @@ def _best_value(study: optuna.Study) -> str:
         return "none yet"
 
 
-def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print) -> bool:
+def optimize(
+    study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print, poll_s: float = 2.0
+) -> bool:
     """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out;
-    True when ``tune.timeout_s`` ran out."""
+    True when ``tune.timeout_s`` ran out.
+
+    While the trials still missing are running in other workers, this process waits instead of returning: if one of
+    those workers dies, its trial is failed (``fail_stale_trials``) and this process runs the replacement, so the
+    study completes with nothing lost."""
     folder = trials_dir(study.study_name)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_trials_state(study, folder)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
+    waiting = False
     while time.monotonic() < deadline:
-        with ask_lock():
-            if count(study, FINISHED + (TrialState.RUNNING,)) >= params.tune.n_trials:
+        with ask_lock(study):
+            # a dead worker's trial must not count as running, or nobody replaces it
+            if stale := fail_stale_trials(study, params):
+                log(f"marked trial(s) {stale} failed: their worker died")
+                remove_dead_trials_state(study, folder)
+            trial = None
+            if count(study, FINISHED) >= params.tune.n_trials:
                 break
             if count(study, (TrialState.FAIL,)) >= params.tune.n_trials:  # more failures than trials wanted:
                 log(f"{params.tune.n_trials} trials failed: stopping the search")  # the search itself is broken
                 break
-            trial = study.ask()
-            trial.set_user_attr("worker", worker_id())
+            if count(study, FINISHED + (TrialState.RUNNING,)) < params.tune.n_trials:
+                trial = study.ask()
+                trial.set_user_attr("worker", worker_id())
+        if trial is None:  # the missing trials are running elsewhere: watch them
+            if not waiting:
+                log(f"waiting for {count(study, (TrialState.RUNNING,))} trial(s) still running in other workers")
+            waiting = True
+            time.sleep(poll_s)
+            continue
+        waiting = False
         run_trial(study, trial, params, meta, parent_run_id, folder, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
@@ -311,14 +439,28 @@ def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_
     return False
 
 
-def wait_for_other_workers(study: optuna.Study, log=print, poll_s: float = 2.0) -> None:
+def remove_dead_trials_state(study: optuna.Study, folder: Path) -> list[str]:
+    """The resumable state (``trial-N/``) a killed process left in this project: trials are never resumed (a dead
+    one is failed and replaced), so a folder whose trial is no longer running is garbage. Model files stay."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    removed = []
+    for state in folder.glob("trial-*"):
+        number = state.name.removeprefix("trial-")
+        if state.is_dir() and number.isdigit() and int(number) not in running:
+            shutil.rmtree(state, ignore_errors=True)
+            removed.append(state.name)
+    return removed
+
+
+def wait_for_other_workers(study: optuna.Study, params: Params, log=print, poll_s: float = 2.0) -> None:
     """The stage's outputs describe the whole study: wait for trials that other workers are still running."""
     announced = False
     while running := count(study, (TrialState.RUNNING,)):
         if not announced:
             log(f"waiting for {running} trial(s) still running in other workers")
             announced = True
-        fail_stale_trials(study)
+        if stale := fail_stale_trials(study, params):
+            log(f"marked trial(s) {stale} failed: their worker died")
         time.sleep(poll_s)
 
 
@@ -364,22 +506,48 @@ def best_params_yaml(study: optuna.Study, params: Params, best: optuna.trial.Fro
     return header + yaml.safe_dump({"train": section}, sort_keys=False)
 
 
-def best_model_file(best: optuna.trial.FrozenTrial) -> Path:
-    """The best trial's own model file (its best epoch, selected on validation during the trial): no refit."""
-    source = best.user_attrs.get("model_path")
-    if not source or not Path(source).is_file():
+def fetch_trial_model(trial: optuna.trial.FrozenTrial, params: Params, target: Path) -> str:
+    """Write ``trial``'s model file to ``target``: the local copy when this machine ran the trial (and its MD5 is
+    the one recorded), otherwise the artifact its MLflow run logged, so a worker on another machine is no
+    problem when the tracking server serves artifacts. Returns where the model came from, for the log."""
+    import tempfile
+
+    from medmnist_pipeline.tracking import _mlflow, tracking_uri
+
+    local, md5 = trial.user_attrs.get("model_path"), trial.user_attrs.get("model_md5")
+    run_id, artifact = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("model_artifact")
+    if local and Path(local).is_file() and (md5 is None or md5sum(local) == md5):  # (no md5: an older trial)
+        with atomic_file(target) as tmp:
+            shutil.copyfile(local, tmp)
+        return f"the local copy {local}"
+    if not (run_id and artifact):
         raise PipelineError(
-            f"the best trial's model {source} is not on this machine (it ran in a worker "
-            "elsewhere); copy it here or run tune where the trials' files are shared"
+            f"the model of trial {trial.number} is not on this machine ({local}) and its MLflow run did not log it "
+            "(a trial from before models were logged): rerun that trial, or copy its file here"
         )
-    return Path(source)
+    mlflow = _mlflow()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
+        try:
+            fetched = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=scratch, tracking_uri=tracking_uri(params)
+            )
+        except Exception as exc:  # noqa: BLE001 - unreachable server, missing artifact, ...: one clear line
+            raise PipelineError(
+                f"cannot fetch the model of trial {trial.number} from MLflow run {run_id} ({artifact}): "
+                f"{' '.join(str(exc).split())[:300]}"
+            ) from None
+        if md5 is not None and md5sum(fetched) != md5:
+            raise PipelineError(f"the model of trial {trial.number} fetched from MLflow run {run_id} has the wrong MD5")
+        os.replace(fetched, target)
+    return f"MLflow run {run_id} ({artifact})"
 
 
 def trials_table(study: optuna.Study) -> Any:
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
     frame["duration"] = frame["duration"].dt.total_seconds().round(1)
     frame = frame.rename(columns=lambda c: c.replace("params_", "").replace("user_attrs_", ""))
-    return frame.drop(columns=[c for c in ("worker", "model_path") if c in frame.columns])
+    internal = ("worker", "model_path", "model_md5", "model_artifact", "mlflow_run_id")
+    return frame.drop(columns=[c for c in internal if c in frame.columns])
 
 
 def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from medmnist_pipeline.config import TrackingParams, load_section
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import MLRUNS, project_root
-from medmnist_pipeline.tracking import uri_of
+from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -73,10 +73,11 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def server_command(uri: str, host: str, port: int) -> list[str]:
-    """``mlflow server`` for a database store. Runs keep the artifact location they were logged with (the
-    project's ``mlruns/``, as file paths, which the server reads directly); artifacts uploaded through this server
-    (``MLFLOW_TRACKING_URI=http://...`` clients, new experiments) go to the same ``mlruns/``."""
+def server_command(uri: str, host: str, port: int, artifacts: Path | None = None) -> list[str]:
+    """``mlflow server`` for a database store, serving artifacts. Runs keep the artifact location they were logged
+    with (the project's ``mlruns/``, as file paths, which the server reads directly); artifacts uploaded through
+    this server (``MLFLOW_TRACKING_URI=http://...`` clients, new experiments) go to ``artifacts``, by default the
+    same ``mlruns/``. A team's tracking server is the same command with a server database and its own folder."""
     return [
         sys.executable,
         "-m",
@@ -86,7 +87,7 @@ def server_command(uri: str, host: str, port: int) -> list[str]:
         uri,
         "--serve-artifacts",
         "--artifacts-destination",
-        str(project_root() / MLRUNS),
+        str(artifacts or project_root() / MLRUNS),
         "--host",
         host,
         "--port",
@@ -172,6 +173,8 @@ def main(params_path: str | Path = "params.yaml", host: str = DEFAULT_HOST, port
             file=sys.stderr,
         )
     check_port_free(host, port)
+    if uri == default_uri() and (moved := relocate_local_store()):
+        print(f"the project has moved: {moved} artifact locations now point into {project_root() / MLRUNS}")
 
     base = f"http://{url_host(host)}:{port}"
     print(f"Starting the MLflow UI for {uri} ...", flush=True)

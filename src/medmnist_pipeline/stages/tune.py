@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 from medmnist_pipeline.config import check_trials_can_run, load_params
@@ -13,13 +12,13 @@ from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, model_file, repo
 from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
 from medmnist_pipeline.tuning import (
     FINISHED,
-    best_model_file,
     best_params_yaml,
     best_trial,
     check_search_finished,
     count,
     enqueue_train_values,
     fail_stale_trials,
+    fetch_trial_model,
     open_study,
     optimize,
     save_study_plots,
@@ -34,7 +33,7 @@ def main(params_path: str, worker: bool = False) -> None:
     check_trials_can_run(params)
     meta = load_meta(PREPARED_DIR)
     study = open_study(params, meta, worker=worker)
-    stale = fail_stale_trials(study)
+    stale = fail_stale_trials(study, params)
     if stale:
         print(f"marked trial(s) {stale} failed: their process died (e.g. an interrupted run)")
     finished = count(study, FINISHED)
@@ -61,7 +60,7 @@ def main(params_path: str, worker: bool = False) -> None:
         if enqueue_train_values(study, params):
             print("trial 0 tries the train section's own values: the configuration to beat")
         timed_out = optimize(study, params, meta, run.info.run_id)
-        wait_for_other_workers(study)
+        wait_for_other_workers(study, params)
 
         best = best_trial(study)
         check_search_finished(study, params, timed_out)
@@ -78,8 +77,11 @@ def main(params_path: str, worker: bool = False) -> None:
         }
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_study_plots(study, reports)
+        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit;
+        # through MLflow when the trial ran on another machine.
         tuned.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best_model_file(best), tuned)
+        source = fetch_trial_model(best, params, tuned)
+        print(f"{tuned}: trial {best.number}'s model, from {source}")
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
