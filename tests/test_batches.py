@@ -209,3 +209,25 @@ def test_materialising_pool_names_the_failing_image(tmp_path) -> None:
     out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.uint8, shape=(2, *images.shape))
     with pytest.raises(PipelineError, match=r"^augment.transforms fail on training image \d+ \(copy \d\): "):
         augment_images(images, FAILING, 2, seed=3, out=out, workers=2)
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from medmnist_pipeline.errors import PipelineError
+    from medmnist_pipeline.files import allocate_npy
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the file-size limit stands in for a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    try:
+        allocate_npy(sys.argv[1], (100, 128, 128, 3))
+    except PipelineError as exc:
+        print(exc)
+    """
+)
+
+
+def test_a_memory_map_that_does_not_fit_on_disk_is_a_clear_error_and_leaves_no_file(tmp_path) -> None:
+    path = tmp_path / "train_images.npy"
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"{path}: cannot reserve 4.7 MiB on disk (File too large)"), out.stdout + out.stderr
+    assert not path.exists()

@@ -46,3 +46,27 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, target)
+
+
+def allocate_npy(path: str | Path, shape: tuple[int, ...], dtype: str = "uint8"):
+    """A writable memory map of a new ``.npy`` file whose disk blocks are reserved up front.
+
+    Without the reservation the file is sparse, and a full disk shows up later as SIGBUS on some write into the
+    map (the process dies with no message); here it is a PipelineError naming the file and the size, at once.
+    """
+    import numpy as np
+
+    from medmnist_pipeline.errors import PipelineError
+
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, out.offset + out.nbytes)
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raise PipelineError(
+            f"{path}: cannot reserve {size / 2**20:,.1f} MiB on disk ({exc.strerror}); "
+            "free some space and run the stage again"
+        ) from None
+    return out
