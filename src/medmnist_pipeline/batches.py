@@ -71,14 +71,22 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def gather_nchw(images: np.ndarray, idx: np.ndarray, buffer: np.ndarray, out: torch.Tensor) -> torch.Tensor:
-    """:func:`gather` into ``out`` (uint8 (N, C, H, W)): the sorted read goes into ``buffer``, the un-sort and the
-    channel move are one copy into ``out``."""
+def gather_into(images: np.ndarray, idx: np.ndarray, buffer: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """:func:`gather` into ``out`` (uint8, the images' own (N, H, W[, C]) layout): the sorted read goes into
+    ``buffer``, the un-sort is one row copy into ``out``. No allocation, and no pixel-by-pixel copy (measured for
+    256 RGB 28 px images: 0.23 ms read + 0.11 ms un-sort; a transposing copy to NCHW alone took 0.6-0.8 ms, and
+    ``Tensor.index_copy_`` 1.7 ms)."""
     order = np.argsort(idx, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
     block = np.take(images, idx[order], axis=0, out=buffer[: len(idx)])  # (GIL released while copying)
-    source = torch.from_numpy(block)
-    source = source.unsqueeze(1) if source.ndim == 3 else source.permute(0, 3, 1, 2)
-    return out.index_copy_(0, torch.from_numpy(order), source)
+    return torch.index_select(torch.from_numpy(block), 0, torch.from_numpy(inverse), out=out)
+
+
+def as_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W[, C]) -> (N, C, H, W) without a copy: grey is contiguous, RGB is channels_last (the stored HWC
+    layout), which every later step keeps (``Tensor.float()``, the copy to the GPU, convolutions)."""
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
 def _storage_users(t: torch.Tensor) -> int | None:
@@ -139,11 +147,14 @@ class Resident:
         return len(self.images)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[idx.to(self.device)]
+        # index_select copies whole rows; ``images[idx]`` goes element by element, about 17x slower for uint8
+        # (measured: 2.0 vs 0.11 ms for 256 RGB 28 px images on this CPU)
+        return self.images.index_select(0, idx.to(self.device))
 
 
 class Mapped:
-    """A split that stays a memory map; a batch is gathered with :func:`gather` into a fresh (N, C, H, W) tensor."""
+    """A split that stays a memory map; a batch is gathered with :func:`gather_into` into a reused tensor and
+    handed out as (N, C, H, W) (channels_last for RGB: the stored layout, no transposing copy)."""
 
     mapped = True
 
@@ -164,8 +175,8 @@ class Mapped:
         if getattr(local, "buffer", None) is None or len(local.buffer) < len(idx):
             local.buffer = np.empty((len(idx), *images.shape[1:]), images.dtype)
             local.slots = Slots(self.slots, self.pin)
-        shape = (len(idx), images.shape[3] if images.ndim == 4 else 1, *images.shape[1:3])
-        return gather_nchw(images, idx.numpy(), local.buffer, local.slots.take(shape))
+        out = local.slots.take((len(idx), *images.shape[1:]))
+        return as_nchw(gather_into(images, idx.numpy(), local.buffer, out))
 
 
 Source = Resident | Mapped
