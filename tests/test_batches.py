@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmnist_pipeline.augment import augment_images
+from medmnist_pipeline.augment import augment_images, serialize
 from medmnist_pipeline.batches import (
     BUDGET_KEY,
     AugmentedBatches,
@@ -148,9 +148,11 @@ def test_online_augmentation_is_reproducible_and_equals_the_materialised_copy(tm
     augment_images(images.array, TRANSFORMS, 2, seed=7, out=copies)
 
     def epoch(e: int, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(AugmentedBatches(images, labels, order, 8, TRANSFORMS, seed=7, epoch=e, workers=workers))
+        return list(AugmentedBatches(images, labels, order, 8, TRANSFORMS, seed=7, copy=e, workers=workers))
 
     in_process, in_workers = epoch(1, workers=0), epoch(1, workers=2)
+    serialized = list(AugmentedBatches(images, labels, order, 8, serialize(TRANSFORMS), 7, copy=1, workers=0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(in_process, serialized, strict=True))
     assert len(in_process) == 5
     for (x0, y0), (x2, y2), (xc, _) in zip(in_process, in_workers, batches_of(Resident(copies[1]), labels, order, 8)):
         assert torch.equal(x0, x2) and torch.equal(y0, y2) and torch.equal(x0, xc)
@@ -160,7 +162,7 @@ def test_online_augmentation_is_reproducible_and_equals_the_materialised_copy(tm
 def test_online_augmentation_names_the_failing_image(tmp_path) -> None:
     images = split_file(tmp_path / "x.npy", 64, (8, 8))
     failing = [{"ChannelDropout": {"p": 0.05}}]  # undefined for one channel: fails on the images it picks
-    batches = AugmentedBatches(images, torch.arange(64), torch.arange(64), 16, failing, seed=1, epoch=0, workers=1)
+    batches = AugmentedBatches(images, torch.arange(64), torch.arange(64), 16, failing, seed=1, copy=0, workers=1)
     with pytest.raises(PipelineError, match=r"^augment.transforms fail on training image \d+ \(copy 0\): ") as error:
         list(batches)
     assert "\n" not in str(error.value)

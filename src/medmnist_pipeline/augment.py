@@ -64,11 +64,24 @@ def check_transform(name: str, args: dict[str, Any]) -> str | None:
     return None
 
 
-def build_pipeline(transforms: list[dict[str, dict[str, Any]]], seed: int | None) -> Any:
-    """An ``albumentations.Compose`` from the params list; seeded, so the same seed gives the same images."""
+Transforms = list[dict[str, dict[str, Any]]] | dict[str, Any]  # the params list, or albumentations' own serialisation
+
+
+def build_pipeline(transforms: Transforms, seed: int | None) -> Any:
+    """An ``albumentations.Compose`` from the params list (or from :func:`serialize`'s dict); seeded, so the same
+    seed gives the same images."""
     alb = _albumentations()
+    if isinstance(transforms, dict):
+        pipeline = alb.from_dict(transforms)
+        pipeline.set_random_seed(seed)
+        return pipeline
     steps = [getattr(alb, name)(**args) for item in transforms for name, args in item.items()]
     return alb.Compose(steps, seed=seed)
+
+
+def serialize(transforms: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The pipeline in albumentations' own serialisation (``albumentations.to_dict``): what online training loads."""
+    return _albumentations().to_dict(build_pipeline(transforms, seed=0))
 
 
 def check_pipeline_output(transforms: list[dict[str, dict[str, Any]]], size: int, channels: int | None) -> str | None:
@@ -96,7 +109,7 @@ def image_seed(seed: int, copy: int, index: int) -> int:
 class ImageAugmenter:
     """The pipeline applied to one image at a time with its own seed; failures name the image."""
 
-    def __init__(self, transforms: list[dict[str, dict[str, Any]]], seed: int) -> None:
+    def __init__(self, transforms: Transforms, seed: int) -> None:
         self.pipeline, self.seed = build_pipeline(transforms, seed=0), seed
 
     def __call__(self, image: np.ndarray, copy: int, index: int) -> np.ndarray:

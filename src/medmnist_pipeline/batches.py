@@ -16,11 +16,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from medmnist_pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from medmnist_pipeline.augment import Transforms
 
 # The params key named in errors about the budget (the one setting a user can change to fix them).
 BUDGET_KEY = "loader.memory_budget_mb"
@@ -298,15 +302,15 @@ def _prefetched(make, n: int, depth: int) -> Iterator:
 
 
 class _AugmentedEpoch(torch.utils.data.Dataset):
-    """Item ``b`` = batch ``b`` of one epoch, each image augmented with its own (seed, epoch, index) seed.
+    """Item ``b`` = batch ``b`` of one epoch, each image augmented with its own (seed, copy, index) seed.
 
     Runs in DataLoader worker processes; the images travel as an :class:`NpyMap` (a path), never as pixels.
     """
 
     def __init__(
-        self, images: NpyMap, labels: torch.Tensor, plan: Batches, transforms: list, seed: int, epoch: int
+        self, images: NpyMap, labels: torch.Tensor, plan: Batches, transforms: Transforms, seed: int, copy: int
     ) -> None:
-        self.images, self.labels, self.transforms, self.seed, self.epoch = images, labels, transforms, seed, epoch
+        self.images, self.labels, self.transforms, self.seed, self.copy = images, labels, transforms, seed, copy
         self.order, self.batch_size, self.n = plan.order, plan.batch_size, len(plan)
         self.augmenter = None
 
@@ -319,15 +323,16 @@ class _AugmentedEpoch(torch.utils.data.Dataset):
         if self.augmenter is None:  # built in the worker, once
             self.augmenter = ImageAugmenter(self.transforms, self.seed)
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
-        block = self.augmenter.many(gather(self.images.array, idx.numpy()), self.epoch, idx.numpy())
+        block = self.augmenter.many(gather(self.images.array, idx.numpy()), self.copy, idx.numpy())
         return nchw(block, fresh=True), self.labels[idx]
 
 
 class AugmentedBatches:
     """One epoch of batches of the training images augmented online by ``workers`` DataLoader processes.
 
-    The pixels depend only on (seed, epoch, image index), not on the workers or on where a run was resumed; epoch
-    ``e`` equals materialised copy ``e`` (``augment.image_seed``). The batch order is the one given.
+    The pixels depend only on (seed, copy, image index), not on the workers or on where a run was resumed: copy
+    ``k`` here is exactly materialised copy ``k`` (``augment.image_seed``), so an epoch that trains on copy
+    ``e mod K`` sees the same images in both modes. The batch order is the one given.
     """
 
     def __init__(
@@ -336,14 +341,14 @@ class AugmentedBatches:
         labels: torch.Tensor,
         order: torch.Tensor,
         batch_size: int,
-        transforms: list,
+        transforms: Transforms,
         seed: int,
-        epoch: int,
+        copy: int,
         workers: int,
         pin: bool = False,
     ) -> None:
         plan = Batches(Mapped(images), labels, order, batch_size, drop_last=True)
-        self.dataset = _AugmentedEpoch(images, labels, plan, transforms, seed, epoch)
+        self.dataset = _AugmentedEpoch(images, labels, plan, transforms, seed, copy)
         self.workers, self.pin = workers, pin
 
     def __len__(self) -> int:
