@@ -53,8 +53,8 @@ def one_epoch(path: Path, mode: str, model_name: str, limit: int) -> dict:
 
     from medmnist_pipeline.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
+    from medmnist_pipeline.modelfile import normalize
     from medmnist_pipeline.models import build_model
-    from medmnist_pipeline.training import normalize
 
     # One compute thread: this 2-core CPU is shared, and two OpenMP threads contending with other processes made
     # a logreg step 10x slower (63 vs 7 ms, measured), which would swamp the data path being measured.
