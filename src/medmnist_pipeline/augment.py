@@ -215,6 +215,33 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else ""
 
 
+def preview_copies(
+    images: np.ndarray, transforms: Transforms, copies: int, seed: int, n_images: int = 6, n_copies: int = 7
+) -> np.ndarray:
+    """What :func:`preview_grid` reads from the materialised copies, made for its few images only (online mode):
+    indexed ``[:n, image]`` like the materialised array, for the picked images only."""
+    picks = np.linspace(0, len(images) - 1, n_images).astype(int)
+    out = np.zeros((min(copies, n_copies), len(picks), *images.shape[1:]), np.uint8)
+    augmenter = ImageAugmenter(transforms, seed)
+    for k in range(len(out)):
+        out[k] = augmenter.many(np.asarray(images[picks]), k, picks)
+    return _Sparse(out, picks)
+
+
+class _Sparse:
+    """Copies known only at a few image indices; indexing ``[:n, i]`` as preview_grid does."""
+
+    def __init__(self, rows: np.ndarray, picks: np.ndarray) -> None:
+        self.rows, self.where = rows, {int(i): j for j, i in enumerate(picks)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        copies, image = key
+        return self.rows[copies, self.where[int(image)]]
+
+
 def preview_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n_copies: int = 7) -> Any:
     """A figure of a few training images (rows), each beside its first augmented copies, for a person to check."""
     from medmnist_pipeline.figures import image_grid

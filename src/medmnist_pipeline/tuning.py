@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from medmnist_pipeline.config import Distribution, Params, TrainParams
 from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
+from medmnist_pipeline.datamodule import DataPath
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import optuna_journal, trials_dir
 from medmnist_pipeline.tracking import flatten
@@ -238,7 +239,18 @@ def run_trial(
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
         checkpoint_dir = folder / f"trial-{trial.number}"
         # resume=False: a trial that dies is failed and replaced, not resumed
-        result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
+        data_path = DataPath.of(params)
+        result = fit(
+            section,
+            params.seed,
+            meta,
+            checkpoint_dir,
+            logger,
+            [pruning],
+            data_path=data_path,
+            progress=False,
+            resume=False,
+        )
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
         model_path = folder / f"trial-{trial.number}.ckpt"
