@@ -81,7 +81,7 @@ def test_unknown_key_lists_allowed_keys_and_suggests(tmp_path: Path, repo_params
 
 def test_unknown_section(tmp_path: Path, repo_params: dict) -> None:
     repo_params["trian"] = {}
-    with pytest.raises(ParamsError, match=r"trian: unknown key \(allowed: seed, data, augment, tracking"):
+    with pytest.raises(ParamsError, match=r"trian: unknown key \(allowed: seed, data, augment, loader, tracking"):
         load_params(write_params(tmp_path / "params.yaml", repo_params))
 
 
@@ -143,3 +143,12 @@ def test_cli_exits_2_with_one_message_and_writes_nothing(tmp_path: Path, repo_pa
         assert "data.size: 100 is not one of 28, 64, 128 or 224" in result.stderr
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_loader_and_augment_mode_are_validated(tmp_path: Path, repo_params: dict) -> None:
+    repo_params["loader"]["memory_budget_mb"] = 0
+    repo_params["augment"]["mode"] = "lazy"
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(tmp_path / "params.yaml", repo_params))
+    assert "loader.memory_budget_mb: input should be greater than 0" in str(error.value)
+    assert "augment.mode: 'lazy' is not one of 'materialised' or 'online'" in str(error.value)

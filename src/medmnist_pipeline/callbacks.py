@@ -87,7 +87,7 @@ class Diagnostics(pl.Callback):
         if trainer.sanity_checking:
             return
         data = trainer.datamodule
-        x = normalize(data.val_x[: 2 * data.batch_size].to(module.device))
+        x = normalize(data.val_images(2 * data.batch_size).to(module.device))
         fired: dict[str, torch.Tensor] = {}
         hooks = [
             relu.register_forward_hook(lambda m, i, out, name=name: fired.__setitem__(name, (out > 0).any(0)))

@@ -142,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"medmnist-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        from medmnist_pipeline.batches import worker_died
+
+        error = worker_died(exc)
+        if error is None:
+            raise
+        print(f"medmnist-pipeline {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print(f"medmnist-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130

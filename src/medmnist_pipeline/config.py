@@ -96,6 +96,9 @@ class DataParams(Section):
 
 class AugmentParams(Section):
     copies: Annotated[int, Field(ge=0, le=1000)]  # the augment stage also checks the disk has room for them
+    # materialised: the augment stage writes the copies (small splits; every core); online: training makes copy
+    # e mod copies of each image in DataLoader workers (large splits: no copies x split on disk). Same pixels.
+    mode: Literal["materialised", "online"]
     # A list of one-key mappings, ``- TransformName: {arg: value}``, applied in order (albumentations.Compose).
     transforms: list[dict[str, dict[str, Any]]]
 
@@ -117,6 +120,16 @@ class AugmentParams(Section):
             if problem:
                 raise ValueError(f"@[{i}].{name}: {problem}")
         return transforms
+
+
+# --- loader -------------------------------------------------------------------------------------------------
+
+
+class LoaderParams(Section):
+    """How images reach every stage that reads them (batches.py): bounded memory at every size."""
+
+    memory_budget_mb: PositiveInt  # splits that fit are held in RAM (or on the GPU); larger ones stay memory-mapped
+    workers: NonNegativeInt  # DataLoader processes for online augmentation (0: in the training process)
 
 
 # --- training (baseline and train share one schema: one training core) ------------------------------------
@@ -364,6 +377,7 @@ class Params(Section):
     seed: Seed
     data: DataParams
     augment: AugmentParams
+    loader: LoaderParams
     tracking: TrackingParams
     baseline: TrainParams
     train: TrainParams

@@ -1,29 +1,50 @@
-"""The training and validation splits as batches for Lightning (the test split is never opened here).
+"""The training and validation splits as batches for Lightning (the test split is never opened here), in bounded
+memory.
 
-Fast by design (airbench's way, inside Lightning): each split is one uint8 tensor; a batch is one indexing operation;
-scaling to floats and the optional flip/shift happen on the batch, on the device (``classifier.Classifier``). Epoch
-``e`` reads augmented copy ``e mod K``, and the order depends only on (seed, epoch), so a resumed run sees exactly the
-batches an uninterrupted one would.
+Each split goes through ``batches.open_source`` against one memory budget (``loader.memory_budget_mb``): what fits is
+held as one uint8 tensor (on the GPU when training there), a batch is one indexing operation, and scaling to floats
+and the optional flip/shift happen on the batch, on the device (``classifier.Classifier``), airbench's way inside
+Lightning. What does not fit stays a memory-mapped ``.npy`` that every rank of a node shares through the page cache;
+its batches are gathered off the training thread. Epoch ``e`` trains on augmented copy ``e mod K``: materialised by
+the augment stage, or made while training by ``loader.workers`` DataLoader processes (``augment.mode: online``), the
+same pixels either way. The order depends only on (seed, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from medmnist_pipeline.batches import (
+    MIB,
+    AugmentedBatches,
+    Batches,
+    Budget,
+    Mapped,
+    NpyMap,
+    Resident,
+    Source,
+    check_batch_fits,
+    nchw,
+    open_source,
+)
+from medmnist_pipeline.config import Params
 from medmnist_pipeline.data import DatasetMeta, load_meta, load_split
+
+PREFETCH = 2  # mapped batches gathered ahead of the training thread
+IN_FLIGHT = PREFETCH + 2  # ... plus the one being gathered and the one being trained on: what the budget must hold
 
 
 def as_tensors(images: np.ndarray, labels: np.ndarray, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, H, W[, C]) -> uint8 (N, C, H, W) in RAM; labels -> float (N, L) for multi-label, else long (N,)."""
-    x = torch.from_numpy(np.array(images))  # a copy in RAM (the source may be a read-only memory map)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-    return x, label_tensor(labels, multi_label)
+    return nchw(images), label_tensor(labels, multi_label)
 
 
 def label_tensor(labels: np.ndarray, multi_label: bool) -> torch.Tensor:
@@ -32,23 +53,16 @@ def label_tensor(labels: np.ndarray, multi_label: bool) -> torch.Tensor:
     return y.float() if multi_label else y[:, 0].long()
 
 
-class Batches:
-    """One epoch of ``(images[idx], labels[idx])`` batches over ``order``: no Dataset, no collate, no workers."""
+@dataclass(frozen=True)
+class DataPath:
+    """How images reach the training loop: params ``loader`` and ``augment.mode``."""
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int, drop_last: bool
-    ) -> None:
-        self.images, self.labels, self.order, self.batch_size = images, labels, order, batch_size
-        self.drop_last = drop_last and len(order) > batch_size
+    budget_bytes: int  # what the splits may hold in RAM (or on the GPU) for the fast path
+    workers: int  # DataLoader processes that augment online
 
-    def __len__(self) -> int:
-        n = len(self.order) / self.batch_size
-        return math.floor(n) if self.drop_last else math.ceil(n)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(len(self)):
-            idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.images[idx], self.labels[idx]
+    @classmethod
+    def of(cls, params: Params) -> DataPath:
+        return cls(params.loader.memory_budget_mb * MIB, params.loader.workers)
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -64,7 +78,8 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch
 
 
 class MedMNISTData(pl.LightningDataModule):
-    """Train and validation splits as tensors; under DDP each rank reads its own shard of every epoch.
+    """Train and validation splits within ``data_path.budget_bytes``; under DDP each rank reads its own shard of
+    every epoch (mapped splits are shared between the ranks of a node through the page cache).
 
     ``trained_indices()`` gives the training images it trains on (a stratified ``train_fraction``, or all of them):
     the fit reports them, so the size curve never has to recompute the choice.
@@ -76,11 +91,13 @@ class MedMNISTData(pl.LightningDataModule):
         augmented_dir: Path | None,
         batch_size: int,
         seed: int,
+        data_path: DataPath,
         train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.prepared_dir, self.augmented_dir = Path(prepared_dir), augmented_dir
         self.batch_size, self.seed, self.train_fraction = batch_size, seed, train_fraction
+        self.data_path = data_path
         self.meta: DatasetMeta | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -88,14 +105,32 @@ class MedMNISTData(pl.LightningDataModule):
             return
         self.meta = load_meta(self.prepared_dir)
         multi = self.meta.multi_label
-        self.train_x, self.train_y = as_tensors(*load_split(self.prepared_dir, "train"), multi)
-        self.val_x, self.val_y = as_tensors(*load_split(self.prepared_dir, "val"), multi)
-        self.copies = torch.empty(0)
-        if self.augmented_dir is not None:
-            copies = np.load(Path(self.augmented_dir) / "train_images.npy", mmap_mode="r", allow_pickle=False)
-            if len(copies):
-                no_labels = np.zeros((copies.shape[1], 1), np.int64)
-                self.copies = torch.stack([as_tensors(c, no_labels, False)[0] for c in copies])
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        budget = Budget(self.data_path.budget_bytes)
+        train = NpyMap(self.prepared_dir / "train_images.npy")
+        check_batch_fits(train.array, self.batch_size, budget, IN_FLIGHT)
+        # Validation first (read whole every epoch, and small), then the training images, then the copies.
+        val = NpyMap(self.prepared_dir / "val_images.npy")
+        self.val_source: Source = open_source(val, budget, device)
+        self.val_y = label_tensor(load_split(self.prepared_dir, "val")[1], multi)
+        self.train_y = label_tensor(load_split(self.prepared_dir, "train")[1], multi)
+        self.train_images = train
+        self.online: tuple[dict, int] | None = None  # (albumentations' serialised pipeline, copies)
+        self.copies: list[Source] = []
+        augmented = Path(self.augmented_dir) if self.augmented_dir is not None else None
+        info = json.loads((augmented / "meta.json").read_text()) if augmented is not None else {}
+        if info.get("mode") == "online" and info["copies"]:
+            self.online = (json.loads((augmented / "pipeline.json").read_text()), info["copies"])
+        self.train_source: Source | None = None
+        if augmented is not None and self.online is None:
+            copies = NpyMap(augmented / "train_images.npy")
+            if len(copies.array):
+                fits = budget.take(copies.array.nbytes)  # all copies in RAM, or all mapped: one rule per run
+                self.copies = [
+                    Resident(c, device) if fits else Mapped(c, pin=device.type == "cuda") for c in copies.array
+                ]
+        if not self.copies:
+            self.train_source = open_source(train, budget, device)
         self.train_subset = self._subset(self.train_y)
 
     def _subset(self, train_y: torch.Tensor) -> torch.Tensor:
@@ -117,16 +152,34 @@ class MedMNISTData(pl.LightningDataModule):
             order = order[: len(order) // world * world]
         return order[rank::world]
 
-    def train_dataloader(self) -> Batches:
+    def train_dataloader(self) -> Iterable:
         # Called every epoch (reload_dataloaders_every_n_epochs=1): the order and the copy depend only on
         # (seed, epoch), so an interrupted run resumes exactly where it was.
         epoch = self.trainer.current_epoch if self.trainer else 0
-        images = self.copies[epoch % len(self.copies)] if len(self.copies) else self.train_x
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = self.train_subset[torch.randperm(len(self.train_subset), generator=generator)]
-        return Batches(images, self.train_y, self._shard(order, equal=True), self.batch_size, drop_last=True)
+        order = self._shard(self.train_subset[torch.randperm(len(self.train_subset), generator=generator)], True)
+        if self.online is not None:
+            pipeline, copies = self.online
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+            return AugmentedBatches(
+                self.train_images,
+                self.train_y,
+                order,
+                self.batch_size,
+                pipeline,
+                self.seed,
+                epoch % copies,
+                self.data_path.workers,
+                pin,
+            )
+        source = self.copies[epoch % len(self.copies)] if self.copies else self.train_source
+        return Batches(source, self.train_y, order, self.batch_size, drop_last=True, prefetch=PREFETCH)
 
     def val_dataloader(self) -> Batches:
         # 2x the training batch: no gradients are kept, so twice the images fit (params.yaml says so at batch_size)
-        order = self._shard(torch.arange(len(self.val_x)), equal=False)  # metrics gather every sample once
-        return Batches(self.val_x, self.val_y, order, self.batch_size * 2, drop_last=False)
+        order = self._shard(torch.arange(len(self.val_y)), equal=False)  # metrics gather every sample once
+        return Batches(self.val_source, self.val_y, order, self.batch_size * 2, drop_last=False, prefetch=PREFETCH)
+
+    def val_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` validation images, uint8 (n, C, H, W) (for diagnostics)."""
+        return self.val_source.batch(torch.arange(min(n, len(self.val_y))))

@@ -129,6 +129,7 @@ def retrain(
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from medmnist_pipeline.datamodule import DataPath
     from medmnist_pipeline.fit import fit, run_key
     from medmnist_pipeline.tracking import experiment_id, experiment_tags, flatten, tracking_uri
 
@@ -150,7 +151,10 @@ def retrain(
         logger = MLFlowLogger(
             experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
         )
-        result = fit(section, seed, meta, checkpoint_dir, logger, train_fraction=fraction, progress=False)
+        data_path = DataPath.of(params)
+        result = fit(
+            section, seed, meta, checkpoint_dir, logger, data_path=data_path, train_fraction=fraction, progress=False
+        )
         retrains_dir().mkdir(parents=True, exist_ok=True)
         np.save(indices, result.trained_indices.numpy())
         result.model_file(meta, run.info.run_id).save(done)

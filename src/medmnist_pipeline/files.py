@@ -82,11 +82,15 @@ def allocate(path: str | Path, nbytes: int, what: str) -> None:
     reserving the blocks first turns a full disk into an ``ENOSPC`` here, as a clear error.
     """
     try:
-        with open(path, "r+b") as f:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(f.fileno(), 0, nbytes)
+        _reserve(path, nbytes)
     except OSError as exc:
         raise write_error(exc, what, path) from None
+
+
+def _reserve(path: str | Path, nbytes: int) -> None:
+    with open(path, "r+b") as f:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, nbytes)
 
 
 @contextmanager
@@ -112,3 +116,24 @@ def _size(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     raise AssertionError  # unreachable
+
+
+def allocate_npy(path: str | Path, shape: tuple[int, ...], dtype: str = "uint8"):
+    """A writable memory map of a new ``.npy`` file whose disk blocks are reserved up front.
+
+    Without the reservation the file is sparse, and a full disk shows up later as SIGBUS on some write into the
+    map (the process dies with no message); here it is a PipelineError naming the file and the size, at once.
+    """
+    import numpy as np
+
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        _reserve(path, out.offset + out.nbytes)
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raise PipelineError(
+            f"{path}: cannot reserve {size / 2**20:,.1f} MiB on disk ({exc.strerror}); "
+            "free some space and run the stage again"
+        ) from None
+    return out

@@ -26,7 +26,7 @@ from medmnist_pipeline.callbacks import ReseedEachEpoch
 from medmnist_pipeline.classifier import Classifier, build_classifier
 from medmnist_pipeline.config import AugmentParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta
-from medmnist_pipeline.datamodule import MedMNISTData
+from medmnist_pipeline.datamodule import DataPath, MedMNISTData
 from medmnist_pipeline.modelfile import DatasetRef, ModelFile
 from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
@@ -87,6 +87,8 @@ def fit(
     checkpoint_dir: Path,
     logger: Any,
     callbacks: list | None = None,
+    *,
+    data_path: DataPath,
     train_fraction: float = 1.0,
     progress: bool = True,
     resume: bool | None = None,
@@ -101,7 +103,7 @@ def fit(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     pl.seed_everything(seed, workers=True, verbose=False)
     augmented = AUGMENTED_DIR if section.augmented else None
-    data = MedMNISTData(PREPARED_DIR, augmented, section.batch_size, seed, train_fraction)
+    data = MedMNISTData(PREPARED_DIR, augmented, section.batch_size, seed, data_path, train_fraction)
     module = build_classifier(section, meta)
     trainer = build_trainer(section, checkpoint_dir, logger, [*(callbacks or []), ReseedEachEpoch(seed)], progress)
     if progress:

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from medmnist_pipeline.config import Distribution, Params, TrainParams
 from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
+from medmnist_pipeline.datamodule import DataPath
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
 from medmnist_pipeline.owners import dead_here, worker_id
@@ -337,8 +338,19 @@ def run_trial(
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
         checkpoint_dir = folder / f"trial-{trial.number}"
         # resume=False: a trial that dies is failed and replaced, not resumed
+        data_path = DataPath.of(params)
         with heartbeat(study, trial):
-            result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
+            result = fit(
+                section,
+                params.seed,
+                meta,
+                checkpoint_dir,
+                logger,
+                [pruning],
+                data_path=data_path,
+                progress=False,
+                resume=False,
+            )
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
         model_path = folder / f"trial-{trial.number}.ckpt"

@@ -1,4 +1,5 @@
-"""augment: materialise ``augment.copies`` augmented versions of the training split as one uint8 array."""
+"""augment: check and serialise the albumentations pipeline, and (``augment.mode: materialised``) write
+``augment.copies`` augmented versions of the training split as one uint8 array, on every core."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import time
 
 import numpy as np
 
-from medmnist_pipeline.augment import augment_images, open_output, preview_grid
+from medmnist_pipeline.augment import (
+    augment_images,
+    default_workers,
+    open_output,
+    preview_copies,
+    preview_grid,
+    serialize,
+)
 from medmnist_pipeline.config import load_params
 from medmnist_pipeline.data import load_meta, load_split
 from medmnist_pipeline.figures import save_figure
@@ -26,9 +34,12 @@ def main(params_path: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         started = time.perf_counter()
+        online = params.augment.mode == "online"
         with clear_write_errors("augment", AUGMENTED_DIR), atomic_dir(AUGMENTED_DIR) as tmp:
+            # albumentations' own serialisation: what online training applies, and a record of what was applied
+            (tmp / "pipeline.json").write_text(json.dumps(serialize(params.augment.transforms), indent=2) + "\n")
             path = tmp / "train_images.npy"
-            if copies == 0:
+            if copies == 0 or online:  # online: training makes the copies (batches.AugmentedBatches)
                 np.save(path, np.empty((0, *images.shape), np.uint8))
             else:
                 out = open_output(path, (copies, *images.shape))
@@ -42,15 +53,22 @@ def main(params_path: str) -> None:
                         params.seed,
                         out,
                         advance=lambda n: progress.advance(task, n),
+                        workers=default_workers(),
                     )
                 out.flush()
                 del out
-            (tmp / "meta.json").write_text(json.dumps({"copies": copies, "seed": params.seed}, indent=2) + "\n")
+            facts = {"copies": copies, "seed": params.seed, "mode": params.augment.mode}
+            (tmp / "meta.json").write_text(json.dumps(facts, indent=2) + "\n")
         seconds = time.perf_counter() - started
-        rate = copies * len(images) / seconds if copies else 0.0
-        print(f"augmented {copies} x {len(images)} training images in {seconds:.1f} s ({rate:,.0f} images/s)")
+        rate = copies * len(images) / seconds if copies and not online else 0.0
+        if online:
+            print(f"augment.mode: online: {copies} copies are made while training; pipeline checked and saved")
+        else:
+            print(f"augmented {copies} x {len(images)} training images in {seconds:.1f} s ({rate:,.0f} images/s)")
 
         augmented = np.load(AUGMENTED_DIR / "train_images.npy", mmap_mode="r", allow_pickle=False)
+        if online:  # the preview's images made the way training will make them
+            augmented = preview_copies(images, params.augment.transforms, copies, params.seed)
         preview = save_figure(preview_grid(images, augmented), reports_dir("augment") / "preview.png")
 
         mlflow.log_metrics({"augment_images_per_s": rate, "augment_seconds": seconds})

@@ -10,6 +10,7 @@ import json
 from medmnist_pipeline.config import Params, TrainParams, load_params
 from medmnist_pipeline.curves import plot_history
 from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.datamodule import DataPath
 from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.files import atomic_file
 from medmnist_pipeline.fit import fit, resumable_run
@@ -30,7 +31,13 @@ def run(stage: str, params: Params, section: TrainParams) -> None:
     meta = load_meta(PREPARED_DIR)
     with resumable_run(stage, params, section, meta) as started:
         result = fit(
-            section, params.seed, meta, started.checkpoint_dir, started.logger, progress=started.writes_outputs
+            section,
+            params.seed,
+            meta,
+            started.checkpoint_dir,
+            started.logger,
+            data_path=DataPath.of(params),
+            progress=started.writes_outputs,
         )
         if not started.writes_outputs:  # another DDP rank: rank 0 writes
             return

@@ -1,0 +1,145 @@
+"""Data path at PathMNIST scale: one training epoch on synthetic PathMNIST-sized data (90,000 RGB training images,
+9 classes) at each size, through the memory-mapped path and, where it fits, the in-RAM path (measured in the same
+run, so the two are comparable).
+
+Each epoch runs in a fresh process, which reports its peak anonymous memory (RssAnon, sampled every 20 ms: what a
+memory budget bounds; the mapped file's pages are file-backed and shared) and images per second. The model is
+the project's logistic regression (``logreg``), so the epoch costs little compute and the data path shows; with a
+CNN on this 2-core CPU the convolutions dominate at every size (see train_throughput.py).
+
+Usage (from the project root, environment active; writes the .npy files under --dir, which it keeps for reruns):
+    nice -n 15 python bench/data_path.py --sizes 28 64 128 [--dir $TMPDIR/medmnist-bench] [--ram-max-gib 5]
+    nice -n 15 python bench/data_path.py --sizes 28 --model convnet --limit-batches 30   # train's CNN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_TRAIN, N_CLASSES, BATCH = 90_000, 9, 256
+
+
+def build(directory: Path, size: int) -> Path:
+    """The synthetic training split (uint8 noise; the pixels do not matter for speed), written once."""
+    path = directory / f"path{size}_train_images.npy"
+    if path.is_file():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    from medmnist_pipeline.files import allocate_npy
+
+    tmp = path.with_suffix(".part.npy")
+    out = allocate_npy(tmp, (N_TRAIN, size, size, 3))
+    rng = np.random.default_rng(size)
+    for start in range(0, N_TRAIN, 2_000):
+        stop = min(start + 2_000, N_TRAIN)
+        out[start:stop] = rng.integers(0, 256, (stop - start, size, size, 3), dtype=np.uint8)
+    out.flush()
+    del out
+    tmp.rename(path)
+    return path
+
+
+def one_epoch(path: Path, mode: str, model_name: str, limit: int) -> dict:
+    """Runs in its own process: one epoch (or ``limit`` batches) of training through ``mode`` (mapped | ram)."""
+    import torch
+
+    from medmnist_pipeline.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
+    from medmnist_pipeline.memory import PeakAnon, anon_bytes
+    from medmnist_pipeline.modelfile import normalize
+    from medmnist_pipeline.models import build_model
+
+    # One compute thread: this 2-core CPU is shared, and two OpenMP threads contending with other processes made
+    # a logreg step 10x slower (63 vs 7 ms, measured), which would swamp the data path being measured.
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    images = NpyMap(path)
+    size = images.array.shape[1]
+    labels = torch.randint(0, N_CLASSES, (N_TRAIN,))
+    options = {}
+    if model_name == "convnet":  # train's default network in params.yaml
+        options = dict(filters=32, kernel_size=3, convs_per_block=2, blocks=3, fc_layers=1, fc_width=128, dropout=0.3)
+    model = build_model(model_name, 3, N_CLASSES, size, **options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    budget = Budget(1 << 30 if mode == "mapped" else 1 << 40)  # mapped: the default 1 GiB; ram: unlimited
+    if mode == "mapped":
+        budget.take(budget.total - (64 << 20))  # leave 64 MiB, so even the 28 px split (0.2 GiB) is mapped
+    check_batch_fits(images.array, BATCH, Budget(budget.total - budget.used), in_flight=4)
+    order = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))[: limit * BATCH if limit else None]
+    before = anon_bytes()
+    with PeakAnon() as peak:
+        started = time.perf_counter()
+        source = open_source(images, budget)
+        loaded = time.perf_counter() - started
+        for x, y in Batches(source, labels, order, BATCH, drop_last=True):
+            loss = torch.nn.functional.cross_entropy(model(normalize(x)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - started
+    return {
+        "size": size,
+        "mode": type(source).__name__,
+        "split_gib": images.array.nbytes / 2**30,
+        "load_s": loaded,
+        "epoch_s": seconds,
+        "images_per_s": len(order) // BATCH * BATCH / seconds,
+        "images": len(order) // BATCH * BATCH,
+        "peak_anon_gib": peak.total / 2**30,
+        "data_anon_gib": (peak.total - before) / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "medmnist-bench")
+    parser.add_argument("--ram-max-gib", type=float, default=5.0, help="skip the in-RAM path above this split size")
+    parser.add_argument("--model", choices=["logreg", "convnet"], default="logreg")
+    parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
+    parser.add_argument("--one", nargs=2, metavar=("NPY", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_epoch(Path(args.one[0]), args.one[1], args.model, args.limit_batches)))
+        return
+
+    print(
+        f"model {args.model}, batch {BATCH}, " + (f"{args.limit_batches} batches" if args.limit_batches else "1 epoch")
+    )
+    print("| size | split | path | images | load (s) | epoch (s) | images/s | peak anon (GiB) | of which data (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        path = build(args.dir, size)
+        split_gib = path.stat().st_size / 2**30
+        rows = {}
+        for mode in ("mapped", "ram"):
+            if mode == "ram" and split_gib > args.ram_max_gib:
+                continue
+            run = subprocess.run(
+                [sys.executable, __file__, "--one", str(path), mode, "--model", args.model]
+                + ["--limit-batches", str(args.limit_batches)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = rows[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+            print(
+                f"| {size} | {r['split_gib']:.2f} GiB | {r['mode']} | {r['images']:,} | {r['load_s']:.1f} | "
+                f"{r['epoch_s']:.1f} | "
+                f"{r['images_per_s']:,.0f} | {r['peak_anon_gib']:.2f} | {r['data_anon_gib']:.2f} |",
+                flush=True,
+            )
+        if len(rows) == 2:
+            ratio = rows["mapped"]["images_per_s"] / rows["ram"]["images_per_s"]
+            print(f"|  |  | mapped / in-RAM speed: **{ratio:.2f}** |  |  |  |  |  |  |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
