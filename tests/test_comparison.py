@@ -147,3 +147,22 @@ def test_size_curve_says_cannot_tell_when_it_cannot() -> None:
     assert "falls with more data: -10.0 points per doubling" in clear.sentence()
     assert "rises with more data" in K.size_slope([0.25, 0.5, 1.0], [0.1, 0.2, 0.301]).sentence()
     assert K.size_slope([0.5, 1.0], [0.2, 0.1]).sentence().startswith("Cannot tell how validation error changes")
+
+
+def test_validation_pick_breaks_auc_ties_by_loss() -> None:
+    val = {"tuned": {"auc": 0.9, "loss": 0.5}, "cnn": {"auc": 0.9, "loss": 0.3}, "baseline": {"auc": 0.8, "loss": 0.1}}
+    assert K.validation_pick(val) == "cnn"
+    assert K.validation_pick({**val, "tuned": {"auc": 0.91, "loss": 0.9}}) == "tuned"
+
+
+def test_tuned_versus_untuned_in_words() -> None:
+    def d(a: str, b: str, m: str, low: float, high: float) -> K.Difference:
+        return K.Difference(a, b, m, (low + high) / 2, low, high, 0.95)
+
+    worse = [d("cnn", "tuned", "auc", -0.01, 0.01), d("cnn", "tuned", "acc", 0.01, 0.05)]  # cnn - tuned ACC > 0
+    assert K.tuned_vs_untuned(worse).startswith("The tuned model is worse than the untuned one in ACC")
+    assert "ACC -0.030 (95% CI -0.050 to -0.010)" in K.tuned_vs_untuned(worse)
+    same = [d("tuned", "cnn", "auc", -0.01, 0.01), d("tuned", "cnn", "acc", -0.02, 0.01)]
+    assert K.tuned_vs_untuned(same).startswith("The tuned model is not distinguishable from the untuned one")
+    assert K.tuned_vs_untuned([d("tuned", "cnn", "auc", 0.01, 0.02)]).startswith("The tuned model is better")
+    assert K.tuned_vs_untuned([d("a", "b", "auc", 0.01, 0.02)]) is None

@@ -351,3 +351,37 @@ def size_slope(fractions: Sequence[float], errors: Sequence[float], confidence: 
         return SizeSlope(float(fit.slope), math.nan, math.nan, n, confidence)
     half = stats.t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr
     return SizeSlope(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, confidence)
+
+
+# ---- choosing and reporting -----------------------------------------------------------------------------------------
+
+
+def validation_pick(val: dict[str, dict[str, float]]) -> str:
+    """The model validation picks: the highest validation AUC, ties broken by the lower validation loss (then by
+    the order given). Never looks at test."""
+    return min(val, key=lambda name: (-val[name]["auc"], val[name].get("loss", math.inf)))
+
+
+def tuned_vs_untuned(diffs: Sequence[Difference], tuned: str = "tuned", untuned: str = "cnn") -> str | None:
+    """The sentence a reviewer looks for first: is the tuned model distinguishable from the untuned one?"""
+    pair = {d.metric: d for d in diffs if {d.a, d.b} == {tuned, untuned}}
+    if not pair:
+        return None
+    # orient every difference as tuned - untuned
+    oriented = {
+        m: d if d.a == tuned else Difference(tuned, untuned, m, -d.value, -d.high, -d.low, d.confidence, d.p_delong)
+        for m, d in pair.items()
+    }
+    verdicts = {m: d.verdict for m, d in oriented.items()}
+    detail = "; ".join(
+        f"{m.upper()} {d.value:+.3f} ({d.confidence:.0%} CI {d.low:+.3f} to {d.high:+.3f})" for m, d in oriented.items()
+    )
+    if "worse" in verdicts.values() and "better" not in verdicts.values():
+        worse = " and ".join(m.upper() for m, v in verdicts.items() if v == "worse")
+        return f"The tuned model is worse than the untuned one in {worse} on the same test images: {detail}."
+    if set(verdicts.values()) == {"cannot tell"}:
+        return f"The tuned model is not distinguishable from the untuned one on the test set: {detail}."
+    if "better" in verdicts.values() and "worse" not in verdicts.values():
+        better = " and ".join(m.upper() for m, v in verdicts.items() if v == "better")
+        return f"The tuned model is better than the untuned one in {better}: {detail}."
+    return f"The tuned and untuned models trade places (one metric better, one worse): {detail}."
