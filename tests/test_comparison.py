@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from medmnist_pipeline import comparison as K
-from medmnist_pipeline.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, official_acc
+from medmnist_pipeline.metadata import BINARY, MULTI_CLASS, MULTI_LABEL
+from medmnist_pipeline.metrics import official_acc
 
 
 def two_col(p: np.ndarray) -> np.ndarray:
@@ -131,7 +132,7 @@ def test_validation_noise_and_search_that_cannot_decide() -> None:
     assert abs(se - math.sqrt(p * (1 - p) / 500)) < 0.004
     noisy = K.search_noise({0: 0.9972, 1: 0.9969, 2: 0.95, 3: math.nan}, se=0.002, metric="val/auc", maximize=True)
     assert noisy.best == 0 and noisy.within_noise == [0, 1] and not noisy.can_decide
-    assert "cannot decide: trials 1 lie within one validation standard error" in noisy.sentence()
+    assert "cannot decide: trial 1 lies within one validation standard error" in noisy.sentence()
     clear = K.search_noise({0: 0.30, 1: 0.40}, se=0.02, metric="val/loss", maximize=False)
     assert clear.best == 0 and clear.can_decide and "leads every other" in clear.sentence()
 
@@ -166,3 +167,11 @@ def test_tuned_versus_untuned_in_words() -> None:
     assert K.tuned_vs_untuned(same).startswith("The tuned model is not distinguishable from the untuned one")
     assert K.tuned_vs_untuned([d("tuned", "cnn", "auc", 0.01, 0.02)]).startswith("The tuned model is better")
     assert K.tuned_vs_untuned([d("a", "b", "auc", 0.01, 0.02)]) is None
+
+
+def test_mean_log_loss_by_hand() -> None:
+    # -(log 0.8 + log 0.5) / 2
+    assert math.isclose(
+        K.mean_log_loss(np.array([1, 0]), two_col([0.8, 0.5]), BINARY), -(math.log(0.8) + math.log(0.5)) / 2
+    )
+    assert math.isclose(K.mean_log_loss(np.array([[1, 0]]), np.array([[0.5, 0.5]]), MULTI_LABEL), math.log(2))

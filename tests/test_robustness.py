@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmnist_pipeline.metrics import BINARY
+from medmnist_pipeline.figures import save_figure
+from medmnist_pipeline.metadata import BINARY
 from medmnist_pipeline.robustness import evaluate_robustness, robustness_figure, robustness_markdown, robustness_rows
 
 # class 1 images are bright (160), class 0 dark (80)
@@ -50,5 +51,5 @@ def test_errors_per_corruption_severity_and_degradation(tmp_path) -> None:  # no
     assert len(rows) == 4 and rows[0]["s3"] == 0.5 and rows[0]["degradation"] == 0.3
     table = robustness_markdown(results)
     assert "| brightness_down | 0.300 (+0.300) | 0.100 (+0.100) |" in table
-    path = robustness_figure(results, tmp_path / "robustness.png", "toy")
+    path = save_figure(robustness_figure(results, "toy"), tmp_path / "robustness.png")
     assert path.stat().st_size > 10_000

@@ -104,6 +104,19 @@ def augment_images(
         advance(len(images) % 256)
 
 
+def preview_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n_copies: int = 7) -> Any:
+    """A figure of a few training images (rows), each beside its first augmented copies, for a person to check."""
+    from medmnist_pipeline.figures import image_grid
+
+    copies = len(augmented)
+    picks = np.linspace(0, len(images) - 1, n_images).astype(int)
+    rows = [(f"#{i}", np.stack([images[i], *augmented[:n_copies, i]])) for i in picks]
+    shown = min(copies, n_copies)
+    title = f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
+    titles = ["original"] + [f"copy {k + 1}" for k in range(shown)]
+    return image_grid(rows, title, columns=1 + shown, column_titles=titles)
+
+
 def corrupt_copies(out: np.ndarray, flag: str, corruptions: list[str], seed: int) -> None:
     """AugMedMNIST-C (Di Salvo et al. 2024): every image of every augmented copy in ``out`` (copies, N, H, W[, C])
     under one MedMNIST-C corruption drawn from ``corruptions`` at a severity drawn from 1-5, after the

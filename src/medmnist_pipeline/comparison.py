@@ -15,7 +15,8 @@ from itertools import combinations
 import numpy as np
 from scipy import stats
 
-from .metrics import BINARY, MULTI_LABEL, _checked, official_acc, official_auc
+from .metadata import BINARY, MULTI_LABEL
+from .metrics import _checked, official_acc, official_auc
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray, str], float]] = {"auc": official_auc, "acc": official_acc}
 
@@ -294,8 +295,9 @@ class SearchNoise:
                 f"{self.metric} (bootstrap SE {self.se:.4f})."
             )
         others = [t for t in self.within_noise if t != self.best]
+        which = f"trial {others[0]} lies" if len(others) == 1 else f"trials {', '.join(map(str, others))} lie"
         return (
-            f"The search cannot decide: trials {', '.join(map(str, others))} lie within one validation standard "
+            f"The search cannot decide: {which} within one validation standard "
             f"error ({self.metric} bootstrap SE {self.se:.4f}) of the best trial ({self.best}); validation cannot "
             "tell them apart, so the pick among them is noise."
         )
@@ -385,3 +387,15 @@ def tuned_vs_untuned(diffs: Sequence[Difference], tuned: str = "tuned", untuned:
         better = " and ".join(m.upper() for m, v in verdicts.items() if v == "better")
         return f"The tuned model is better than the untuned one in {better}: {detail}."
     return f"The tuned and untuned models trade places (one metric better, one worse): {detail}."
+
+
+def mean_log_loss(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """The training loss on probabilities: cross-entropy of the true class, or binary cross-entropy per label."""
+    y_true, y_score = _checked(y_true, y_score, task)
+    p = np.clip(np.asarray(y_score, float), 1e-7, 1 - 1e-7)
+    if task == MULTI_LABEL:
+        return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
+    return float(-np.mean(np.log(p[np.arange(len(y_true)), y_true.astype(int)])))
+
+
+VALIDATION_METRICS = {"val/auc": official_auc, "val/acc": official_acc, "val/loss": mean_log_loss}

@@ -26,8 +26,6 @@ import difflib
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -198,11 +196,12 @@ def severity_param(flag: str, name: str, severity: int) -> Any:
     return table[severity - 1]
 
 
-def check_corruptions(key: str, names: list[str], severities: list[int], flag: str, channels: int) -> str | None:
+def check_corruptions(key: str, names: list[str], severities: list[int], flag: str, channels: int | None) -> str | None:
     """Why a params list of corruptions and severities cannot run on this dataset, naming the key; None if it can.
 
     Names outside the dataset's MedMNIST-C set are allowed (their values come from another dataset's registry);
-    only unknown names, severities outside 1-5, repeats and colour corruptions on greyscale images are errors.
+    only unknown names, severities outside 1-5, repeats and colour corruptions on greyscale images are errors
+    (``channels`` None: not known yet, e.g. custom data; ``corrupt`` then refuses at run time).
     """
     known = known_corruptions()
     for i, name in enumerate(names):
@@ -210,7 +209,7 @@ def check_corruptions(key: str, names: list[str], severities: list[int], flag: s
             near = difflib.get_close_matches(str(name), known, n=2)
             hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(known)}"
             return f"{key}.corruptions[{i}]: unknown corruption {name!r}; {hint}"
-        if name in RGB_ONLY and channels != 3:
+        if name in RGB_ONLY and channels not in (None, 3):
             return (
                 f"{key}.corruptions[{i}]: {name} changes colour and cannot apply to {flag}'s {channels}-channel images"
             )
@@ -499,18 +498,11 @@ def random_corruptions(images: np.ndarray, flag: str, names: list[str], seed: in
     return out
 
 
-@dataclass(frozen=True)
-class Preview:
-    path: Path
-    corruptions: list[str]
-
-
-def preview_grid(image: np.ndarray, flag: str, names: list[str], seed: int, path: str | Path) -> Preview:
-    """One image under every corruption (rows) and severity (columns, after the clean image): a figure to check by
-    eye that each corruption looks like its name and grows with the severity."""
-    from .plots import image_grid
+def preview_grid(image: np.ndarray, flag: str, names: list[str], seed: int) -> Any:
+    """A figure of one image under every corruption (rows) and severity (columns, after the clean image), to check
+    by eye that each corruption looks like its name and grows with the severity."""
+    from medmnist_pipeline.figures import image_grid
 
     rows = [(name, [image] + [corrupt(image[None], flag, name, s, seed)[0] for s in SEVERITIES]) for name in names]
     title = f"MedMNIST-C corruptions on one {flag} test image ({image.shape[0]} px)"
-    image_grid(rows, path, title, columns=6, column_titles=["clean"] + [f"severity {s}" for s in SEVERITIES])
-    return Preview(Path(path), list(names))
+    return image_grid(rows, title, columns=6, column_titles=["clean"] + [f"severity {s}" for s in SEVERITIES])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,15 +113,15 @@ def robustness_markdown(results: dict[str, Robustness]) -> str:
     return "\n".join(lines)
 
 
-def robustness_figure(results: dict[str, Robustness], path: str | Path, title: str) -> Path:
+def robustness_figure(results: dict[str, Robustness], title: str) -> Any:
     """Balanced error against severity, one panel per corruption, one line per model (clean error at severity 0)."""
-    from .plots import _pyplot
+    from medmnist_pipeline.figures import new_figure
 
-    plt = _pyplot()
     corruptions = list(next(iter(results.values())).errors)
     columns = min(4, len(corruptions))
     rows = -(-len(corruptions) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows + 0.8), squeeze=False, sharey=True)
+    fig = new_figure(3.2 * columns, 2.6 * rows + 0.9)
+    axes = np.atleast_2d(fig.subplots(rows, columns, squeeze=False, sharey=True))
     for ax, c in zip(axes.flat, corruptions, strict=False):
         for r in results.values():
             severities = sorted(r.errors[c])
@@ -136,11 +136,7 @@ def robustness_figure(results: dict[str, Robustness], path: str | Path, title: s
     for ax in axes[-1, :]:
         ax.set_xlabel("severity (0 = clean)")
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
+    # below the panels (constrained layout makes room), so it never covers an axis label
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the x-labels
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
