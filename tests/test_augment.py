@@ -40,3 +40,16 @@ def test_checks() -> None:
         == "must keep uint8 images of shape (28, 28), but produces uint8 (32, 32)"
     )
     assert check_pipeline_output([{"HueSaturationValue": {"p": 1.0}}], 28, 3) is None
+
+
+def test_corrupted_copies_are_deterministic_and_differ_per_copy() -> None:
+    from medmnist_pipeline.augment import corrupt_copies
+
+    images = np.full((2, 50, 28, 28), 100, np.uint8)
+    first, again, untouched = images.copy(), images.copy(), images.copy()
+    corrupt_copies(first, "pneumoniamnist", ["brightness_up", "gaussian_noise"], seed=1)
+    corrupt_copies(again, "pneumoniamnist", ["brightness_up", "gaussian_noise"], seed=1)
+    corrupt_copies(untouched, "pneumoniamnist", [], seed=1)
+    assert np.array_equal(first, again) and np.array_equal(untouched, images)
+    assert not np.array_equal(first[0], first[1])
+    assert (first != 100).reshape(2, 50, -1).any(axis=2).all()  # every image of every copy is corrupted

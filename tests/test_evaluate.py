@@ -38,6 +38,10 @@ FILES = [
     "coverage.png",
     "worst_errors.png",
     "uncertain_correct.png",
+    "paired.csv",
+    "robustness.csv",
+    "robustness.png",
+    "corruption_preview.png",
 ]
 
 
@@ -56,6 +60,8 @@ def evaluate_params(params: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
             "seeds": seeds,
             "learning_curve": {"fractions": [0.5, 1.0]},
             "bootstrap": {"resamples": 200, "confidence": 0.9},
+            # two corruptions at two severities where seeds run (binary case), off elsewhere
+            "robustness": {"corruptions": ["brightness_down", "gaussian_noise"] if seeds else [], "severities": [1, 5]},
         }
     )
     return params
@@ -96,12 +102,29 @@ def test_evaluate_writes_every_file_for_every_task(
         for name in ("acc", "auc"):
             low, high = test[f"{name}_ci"]
             assert low <= test[name] + 1e-9 and test[name] <= high + 1e-9
-    assert ("tuned_seeds" in metrics) == bool(seeds)
+    assert ("tuned_seeds" in metrics) == bool(seeds) == ("cnn_seeds" in metrics) == ("tuned ensemble" in metrics)
     seed_table = pd.read_csv(out / "seeds.csv")
-    assert len(seed_table) == len(seeds)
+    assert len(seed_table) == 2 * len(seeds) and set(seed_table["model"]) == ({"cnn", "tuned"} if seeds else set())
+    # the floor: the most frequent training class (counts 96/48/40 -> class 0 of the synthetic data); all-negative
+    floor = metrics["majority"]["test"]
+    assert floor["auc"] == pytest.approx(0.5)
+    paired = pd.read_csv(out / "paired.csv")
+    assert {("tuned", "cnn"), ("cnn", "majority")} <= set(zip(paired["a"], paired["b"], strict=True))
+    auc_rows = paired[paired["metric"] == "auc"]
+    assert auc_rows["p_delong"].notna().all() == (task == "binary-class") and paired["metric"].eq("acc").any()
+    report_text = (out / "report.md").read_text()
+    assert "### Paired comparisons (same test images)" in report_text and "cannot be told apart" in report_text
+    if seeds:  # robustness on
+        rob = metrics["robustness"]
+        assert set(rob) == {"baseline", "cnn", "tuned", "cnn ensemble", "tuned ensemble"}
+        assert set(rob["cnn"]["per_corruption"]) == {"brightness_down", "gaussian_noise"}
+        assert len(pd.read_csv(out / "robustness.csv")) == 5 * 2
+        assert "## Robustness to MedMNIST-C corruptions" in report_text
+    else:
+        assert "robustness" not in metrics and "## Robustness" not in report_text
     if seeds:  # metrics.json, comparison.csv and the report share one mean ± sample sd
         summary = metrics["tuned_seeds"]["test"]
-        assert summary["auc_sd"] == pytest.approx(seed_table["test_auc"].std(ddof=1))
+        assert summary["auc_sd"] == pytest.approx(seed_table[seed_table["model"] == "tuned"]["test_auc"].std(ddof=1))
         row = pd.read_csv(out / "comparison.csv").set_index("model").loc[f"tuned, {len(seeds)} seeds (mean ± sd)"]
         assert row["test_auc_ci"] == f"± {summary['auc_sd']:.3f}"
         assert f"{summary['auc']:.3f} ± {summary['auc_sd']:.3f}" in (out / "report.md").read_text()
@@ -122,7 +145,8 @@ def test_evaluate_writes_every_file_for_every_task(
     report = (out / "report.md").read_text()
     for heading in ("## Comparison", "## Learning curves", "### Training-set size", "## Error analysis"):
         assert heading in report
-    for figure in [f for f in FILES if f.endswith(".png")]:
+    robustness_off = {"robustness.png", "corruption_preview.png"} if not seeds else set()
+    for figure in [f for f in FILES if f.endswith(".png") and f not in robustness_off]:
         assert f"({figure})" in report, figure
     per_class = pd.read_csv(out / "per_class.csv", dtype={"label": str})
     assert list(per_class["label"]) == labels and {"precision", "recall", "f1", "support"} <= set(per_class.columns)
@@ -134,7 +158,7 @@ def test_evaluate_writes_every_file_for_every_task(
     )
     (parent,) = [r for r in evaluate_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in evaluate_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 1 + len(seeds)  # fraction 0.5 and one run per seed (1.0 is the tuned model itself)
+    assert len(children) == 1 + 2 * len(seeds)  # fraction 0.5, one run per seed and configuration (cnn, tuned)
     assert not (workdir / "checkpoints/evaluate").exists()  # retrains are kept only until the stage succeeds
     for model in ("baseline", "cnn", "tuned"):
         source_run = mlflow.get_run(parent.data.tags[f"evaluated.{model}.run_id"])  # tags point at real runs
@@ -143,12 +167,15 @@ def test_evaluate_writes_every_file_for_every_task(
     artifacts = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "evaluate")}
     assert set(FILES) <= artifacts
 
-    # The tuned model is registered under the dataset's name; "candidate" only when it beats the baseline (val).
+    # The model validation picks (AUC, ties by loss) is registered under the dataset's name with alias candidate.
     client = mlflow.MlflowClient()
     (version,) = client.search_model_versions(f"name = 'medmnist-custom-28' and run_id = '{parent.info.run_id}'")
-    aliases = client.get_registered_model("medmnist-custom-28").aliases
-    beats = metrics["tuned"]["val"]["auc"] > metrics["baseline"]["val"]["auc"]
-    assert (aliases.get("candidate") == version.version) == beats
+    assert client.get_registered_model("medmnist-custom-28").aliases.get("candidate") == version.version
+    pick = parent.data.tags["evaluate.best_model"]
+    assert pick == max(("baseline", "cnn", "tuned"), key=lambda m: metrics[m]["val"]["auc"]) or (
+        metrics[pick]["val"]["auc"] == max(metrics[m]["val"]["auc"] for m in ("baseline", "cnn", "tuned"))
+    )
+    assert f"**Validation picks `{pick}`**" in report_text
 
 
 def test_evaluate_is_reproducible_and_refuses_models_of_other_data(workdir: Path, repo_params: dict) -> None:

@@ -80,7 +80,12 @@ def tiny_pipeline(params: dict) -> dict:
         {"n_trials": 2, "timeout_s": None, "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0}}
     )
     params["evaluate"].update(
-        {"bootstrap": {"resamples": 200, "confidence": 0.95}, "seeds": [], "learning_curve": {"fractions": [0.5, 1.0]}}
+        {
+            "bootstrap": {"resamples": 200, "confidence": 0.95},
+            "seeds": [],
+            "learning_curve": {"fractions": [0.5, 1.0]},
+            "robustness": {"corruptions": ["speckle_noise", "brightness_down"], "severities": [1, 5]},
+        }
     )
     return params
 

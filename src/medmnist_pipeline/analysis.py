@@ -279,7 +279,9 @@ def plot_per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str], ti
     ax.set_yticks(positions, [_short(name) for name in aucs.index], fontsize=8)
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("ROC AUC")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: bars fill the axes
+    # below the whole axes, x-label included: constrained layout makes room for an "outside" figure legend, where a
+    # legend anchored under the axes covered the x-label on multi-class figures
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2)
     ax.set_title(title, fontsize=10)
     return fig
 

@@ -266,3 +266,17 @@ def preview_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n
     title = f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
     titles = ["original"] + [f"copy {k + 1}" for k in range(shown)]
     return image_grid(rows, title, columns=1 + shown, column_titles=titles)
+
+
+def corrupt_copies(out: np.ndarray, flag: str, corruptions: list[str], seed: int) -> None:
+    """AugMedMNIST-C (Di Salvo et al. 2024): every image of every augmented copy in ``out`` (copies, N, H, W[, C])
+    under one MedMNIST-C corruption drawn from ``corruptions`` at a severity drawn from 1-5, after the
+    albumentations transforms. Each copy has its own draw, independent of the number of copies; no-op for []."""
+    from .corruptions import random_corruptions
+
+    if not corruptions:
+        return
+    for k in range(len(out)):
+        # a stream apart from the transforms' own (copy_seed(seed, k)), so both can change independently
+        stream = int(np.random.SeedSequence([seed, k, 1]).generate_state(1)[0])
+        out[k] = random_corruptions(np.asarray(out[k]), flag, corruptions, stream)

@@ -101,6 +101,18 @@ class AugmentParams(Section):
     mode: Literal["materialised", "online"]
     # A list of one-key mappings, ``- TransformName: {arg: value}``, applied in order (albumentations.Compose).
     transforms: list[dict[str, dict[str, Any]]]
+    # AugMedMNIST-C: after the transforms, each image under one of these MedMNIST-C corruptions at a random
+    # severity (checked against the dataset's channels in Params); [] = off
+    corruptions: list[str]
+
+    @model_validator(mode="after")
+    def _corruptions_are_materialised(self) -> AugmentParams:
+        if self.corruptions and self.mode == "online":
+            raise ValueError(
+                "@corruptions: AugMedMNIST-C corruptions are applied to materialised copies only; "
+                "use @mode: materialised or corruptions: []"
+            )
+        return self
 
     @field_validator("transforms", mode="after")
     @classmethod
@@ -354,13 +366,20 @@ class ErrorAnalysisParams(Section):
     calibration_bins: Annotated[int, Field(ge=2, le=100)]  # reliability diagram bins
 
 
+class RobustnessParams(Section):
+    # MedMNIST-C corruption names (corruptions.known_corruptions()) and severities 1-5; checked in Params, where the
+    # dataset's channels are known. [] = off
+    corruptions: list[str]
+    severities: list[int]
+
+
 class EvaluateParams(Section):
     bootstrap: BootstrapParams
-    seeds: Annotated[
-        list[Seed], Field(max_length=100)
-    ]  # retrain the tuned configuration with each seed (mean ± sd); [] = off
+    # retrain the cnn and the tuned configuration with each seed: mean ± sd and the seed ensemble; [] = off
+    seeds: Annotated[list[Seed], Field(max_length=100)]
     learning_curve: LearningCurveParams
     error_analysis: ErrorAnalysisParams
+    robustness: RobustnessParams
 
     @field_validator("seeds")
     @classmethod
@@ -396,6 +415,22 @@ class Params(Section):
     @model_validator(mode="after")
     def _trials_are_valid_train_sections(self) -> Params:
         _check_tune_against_train(self.tune, self.train)
+        return self
+
+    @model_validator(mode="after")
+    def _corruptions_apply(self, info: ValidationInfo) -> Params:
+        if not _deep(info):
+            return self
+        from medmnist_pipeline.corruptions import SEVERITIES, check_corruptions
+
+        channels = DATASETS[self.data.flag].n_channels if self.data.flag != "custom" else None
+        for key, names, severities in (
+            ("@augment", self.augment.corruptions, list(SEVERITIES)),
+            ("@evaluate.robustness", self.evaluate.robustness.corruptions, self.evaluate.robustness.severities),
+        ):
+            problem = check_corruptions(key, names, severities, self.data.flag, channels)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

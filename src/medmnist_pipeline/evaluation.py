@@ -234,28 +234,31 @@ def same_steps(section: TrainParams, fraction: float) -> TrainParams:
 
 
 def seed_runs(
+    name: str,
     section: TrainParams,
     params: Params,
     meta: DatasetMeta,
     splits: dict[str, Split],
     seeds: list[int],
-    tuned: ModelFile,
+    trained: ModelFile,
     parent_run_id: str | None,
     log=print,
-) -> pd.DataFrame:
-    """Retrain the tuned configuration on the full training split once per seed (``seed`` itself: the tuned model);
-    val and test metrics of each."""
-    rows = []
+) -> tuple[pd.DataFrame, list[ModelFile]]:
+    """Retrain ``section`` (the ``name`` model's configuration) on the full training split once per seed (``seed``
+    itself: the ``trained`` model); val and test metrics of each, and the model files (the seed ensemble's members)."""
+    rows, files = [], []
     for seed in seeds:
         retrained = (
-            Retrained(tuned, np.arange(len(splits["train"].labels)), 0.0)
+            Retrained(trained, np.arange(len(splits["train"].labels)), 0.0)
             if seed == params.seed
-            else retrain(f"seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)
+            else retrain(f"{name}-seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)
         )
+        files.append(retrained.model)
         val_m = split_metrics(splits["val"].labels, scores(retrained.model, splits["val"]), meta.task)
         test_m = split_metrics(splits["test"].labels, scores(retrained.model, splits["test"]), meta.task)
         rows.append(
             {
+                "model": name,
                 "seed": seed,
                 "val_acc": val_m["acc"],
                 "val_auc": val_m["auc"],
@@ -263,14 +266,16 @@ def seed_runs(
                 "test_auc": test_m["auc"],
             }
         )
-        log(f"  seed {seed}: test ACC {test_m['acc']:.4f}, AUC {test_m['auc']:.4f} ({retrained.seconds:.0f} s)")
-    return pd.DataFrame(rows, columns=["seed", "val_acc", "val_auc", "test_acc", "test_auc"])
+        log(f"  {name} seed {seed}: test ACC {test_m['acc']:.4f}, AUC {test_m['auc']:.4f} ({retrained.seconds:.0f} s)")
+    columns = ["model", "seed", "val_acc", "val_auc", "test_acc", "test_auc"]
+    return pd.DataFrame(rows, columns=columns), files
 
 
 def seed_summary(seeds: pd.DataFrame) -> dict[str, Any] | None:
     """Mean and sample standard deviation (n - 1; 0 for a single seed) of the seed retrains; None without any."""
     if not len(seeds):
         return None
+    seeds = seeds.drop(columns="model", errors="ignore")
     mean, sd = seeds.mean(), seeds.std(ddof=1) if len(seeds) > 1 else seeds.std(ddof=0)
     return {
         "test": {
@@ -285,7 +290,7 @@ def seed_summary(seeds: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def comparison_table(
-    metrics: dict[str, dict[str, Any]], seeds: dict[str, Any] | None, reference: pd.DataFrame
+    metrics: dict[str, dict[str, Any]], seeds: dict[str, dict[str, Any] | None], reference: pd.DataFrame
 ) -> pd.DataFrame:
     """Models x metrics for the report: this project's models (with CIs), seed statistics, then the benchmark."""
     rows = []
@@ -302,17 +307,19 @@ def comparison_table(
                 "source": "this project",
             }
         )
-    if seeds:
-        test = seeds["test"]
+    for name, stats in seeds.items():
+        if not stats:
+            continue
+        test = stats["test"]
         rows.append(
             {
-                "model": f"tuned, {len(seeds['seeds'])} seeds (mean ± sd)",
+                "model": f"{name}, {len(stats['seeds'])} seeds (mean ± sd)",
                 "test_auc": test["auc"],
                 "test_auc_ci": f"± {test['auc_sd']:.3f}",
                 "test_acc": test["acc"],
                 "test_acc_ci": f"± {test['acc_sd']:.3f}",
-                "val_auc": seeds["val"]["auc"],
-                "val_acc": seeds["val"]["acc"],
+                "val_auc": stats["val"]["auc"],
+                "val_acc": stats["val"]["acc"],
                 "source": "this project",
             }
         )
@@ -393,16 +400,15 @@ def registered_name(meta: DatasetMeta) -> str:
     return f"medmnist-{meta.flag}-{meta.size}"
 
 
-def register_tuned(tuned: ModelFile, meta: DatasetMeta, beats_baseline: bool) -> tuple[str, str]:
-    """Log the tuned model in the active (evaluate) run, register it as a new version of the dataset's model and,
-    when it beats the baseline on validation, point the ``candidate`` alias at that version."""
+def register_pick(picked: ModelFile, meta: DatasetMeta) -> tuple[str, str]:
+    """Log the model validation picked in the active (evaluate) run, register it as a new version of the dataset's
+    model and point the ``candidate`` alias at that version."""
     from mlflow import MlflowClient
 
     from medmnist_pipeline.tracking import log_pytorch_model
 
     name = registered_name(meta)
-    info = log_pytorch_model(tuned, name)
+    info = log_pytorch_model(picked, name)
     version = str(info.registered_model_version)
-    if beats_baseline:
-        MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+    MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, version)
     return name, version

@@ -30,6 +30,7 @@ from medmnist_pipeline.datamodule import DataPath, MedMNISTData
 from medmnist_pipeline.modelfile import DatasetRef, ModelFile
 from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
+from medmnist_pipeline.selection import best_epoch
 from medmnist_pipeline.trainer import build_trainer, launch_rank
 
 
@@ -123,7 +124,7 @@ def fit(
     last = torch.load(resume_from, map_location="cpu", weights_only=True)
     rows = next(state["rows"] for key, state in last["callbacks"].items() if key == "History")
     history = pd.DataFrame(rows).rename(columns=lambda c: c.replace("/", "_"))
-    best_row = history.loc[history["val_auc"].idxmax()]
+    best_row = history.loc[best_epoch(history)]  # the rule BestCheckpoint saved by: AUC, then loss
     best = {
         "epoch": int(best_row["epoch"]),
         "loss": float(best_row["val_loss"]),

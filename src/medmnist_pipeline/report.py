@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medmnist_pipeline.comparison import Difference, compare_words, quoted, tuned_vs_untuned
 from medmnist_pipeline.data import DatasetMeta
 
 REFERENCE_ROW = "ResNet-18 (28)"  # the benchmark's 28 px baseline: the row a small CNN should beat
@@ -18,14 +19,18 @@ class ReportInputs:
     meta: DatasetMeta
     metrics: dict[str, dict[str, Any]]  # model -> {"test": {acc, auc, acc_ci, auc_ci}, "val": {acc, auc}}
     comparison: pd.DataFrame  # evaluation.comparison_table
-    best: str  # the model with the best validation AUC (selection never looks at test)
+    best: str  # the model validation picks (AUC, ties by loss; selection never looks at test)
     findings: dict[str, Any]  # evaluation.error_analysis of the best model
     size_curve: pd.DataFrame  # empty when evaluate.learning_curve.fractions is []
     size_reading: str | None
-    seeds: dict[str, Any] | None  # evaluation.seed_summary; None when evaluate.seeds is []
+    seeds: dict[str, dict[str, Any] | None]  # model -> evaluation.seed_summary (None when evaluate.seeds is [])
     confidence: float
     run_ids: dict[str, str]  # model -> MLflow run id of its training
     n_test: int
+    flags: list[str]  # comparison.usefulness_flags of every model: shown first
+    paired: list[Difference]  # comparison.paired_differences on the same test images
+    robustness: dict[str, Any] | None  # model -> robustness.Robustness; None when off
+    registered: str  # "<registered model> version <n>": the pick, with alias candidate
 
 
 def _fmt(value: Any) -> str:
@@ -47,7 +52,8 @@ def headline(inputs: ReportInputs) -> list[str]:
     test, val = m["test"], m["val"]
     level = f"{inputs.confidence:.0%}"
     lines = [
-        f"**Best model on validation AUC: `{inputs.best}`** (val AUC {val['auc']:.3f}, ACC {val['acc']:.3f}). "
+        f"**Validation picks `{inputs.best}`** (highest val AUC, ties by val loss; val AUC {val['auc']:.3f}, ACC "
+        f"{val['acc']:.3f}); it is registered as {inputs.registered} with alias `candidate`. "
         f"On the test split: AUC {test['auc']:.3f} ({level} CI {test['auc_ci'][0]:.3f}-{test['auc_ci'][1]:.3f}), "
         f"ACC {test['acc']:.3f} ({level} CI {test['acc_ci'][0]:.3f}-{test['acc_ci'][1]:.3f})."
     ]
@@ -57,7 +63,7 @@ def headline(inputs: ReportInputs) -> list[str]:
         verdicts = []
         for metric in ("auc", "acc"):
             ours, low, theirs = test[metric], test[f"{metric}_ci"][0], ref[f"test_{metric}"]
-            word = "above" if ours > theirs else "below"
+            word = compare_words(ours, theirs)
             sure = " (its whole CI is above)" if low > theirs else ""
             verdicts.append(f"{metric.upper()} {ours:.3f} vs {theirs:.3f}: {word}{sure}")
         lines.append(f"Against MedMNIST v2 {REFERENCE_ROW}: " + "; ".join(verdicts) + ".")
@@ -67,25 +73,59 @@ def headline(inputs: ReportInputs) -> list[str]:
             f"Test AUC is {gap:.3f} below validation AUC: the validation split, used for model "
             "selection, is optimistic for this dataset; trust the test figures and their intervals."
         )
-    if inputs.seeds and len(inputs.seeds["seeds"]) > 1:
-        s = inputs.seeds["test"]
-        lines.append(
-            f"Retrained with {len(inputs.seeds['seeds'])} seeds, the tuned configuration scores test AUC "
-            f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} "
-            "(mean ± sd)."
-        )
+    for name, stats in inputs.seeds.items():
+        if stats and len(stats["seeds"]) > 1:
+            s = stats["test"]
+            lines.append(
+                f"Retrained with {len(stats['seeds'])} seeds, the {name} configuration scores test AUC "
+                f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} (mean ± sd)."
+            )
+    sentence = tuned_vs_untuned(inputs.paired)
+    if sentence:
+        lines.append(f"**{sentence}**")
     return lines
+
+
+def paired_sentences(inputs: ReportInputs) -> list[str]:
+    """Every pair in words: which differences are real (interval excludes 0) and which are within noise."""
+    return [d.sentence() for d in inputs.paired]
+
+
+def robustness_section(inputs: ReportInputs) -> list[str]:
+    from medmnist_pipeline.robustness import robustness_markdown
+
+    if not inputs.robustness:
+        return []
+    worst = {name: max(r.errors, key=r.degradation) for name, r in inputs.robustness.items()}
+    return [
+        "## Robustness to MedMNIST-C corruptions (test split)",
+        "",
+        "Balanced error (1 - balanced accuracy, MedMNIST-C's measure) averaged over the severities, with the change "
+        "from the clean test images in brackets. Corruptions follow Di Salvo et al. 2024 (MedMNIST-C), with their "
+        "spatial extent scaled to the image size (see the README).",
+        "",
+        robustness_markdown(inputs.robustness),
+        "",
+        "Largest degradation: "
+        + "; ".join(f"`{n}` under {c} ({inputs.robustness[n].degradation(c):+.3f})" for n, c in worst.items())
+        + ". Per severity: [robustness.csv](robustness.csv).",
+        "",
+        "![balanced error against severity](robustness.png)",
+        "",
+        "![one test image under every corruption and severity](corruption_preview.png)",
+        "",
+    ]
 
 
 def error_sentences(inputs: ReportInputs) -> list[str]:
     f = inputs.findings
     lines = []
     if f["confused_pairs"]:
-        pairs = "; ".join(f"{true} taken for {pred} ({n})" for true, pred, n in f["confused_pairs"])
+        pairs = "; ".join(f"{quoted(true)} taken for {quoted(pred)} ({n})" for true, pred, n in f["confused_pairs"])
         lines.append(f"Most confused classes (true taken for predicted, test images): {pairs}.")
     lines.append(f"Expected calibration error: {f['ece']:.3f} (0 = probabilities match observed frequencies).")
     reach = [f"{cov:.0%} of the images at {target:.0%} accuracy" for target, cov in f["coverage"].items() if cov > 0]
-    if reach:
+    if reach and not inputs.flags:  # no coverage claims for a model flagged as useless
         lines.append(
             "Abstaining on the least confident images, the model can answer "
             + ", ".join(reach)
@@ -104,10 +144,21 @@ def render(inputs: ReportInputs) -> str:
         "on the validation split. Metrics follow the official MedMNIST definitions; intervals are "
         f"{level} percentile bootstrap intervals over test images.",
         "",
+        *(["## Flags (read first)", "", *[f"- **{flag}**" for flag in inputs.flags], ""] if inputs.flags else []),
         *[f"{line}\n" for line in headline(inputs)],
         "## Comparison",
         "",
+        "`majority` is the floor: always the most frequent training class (all-negative for multi-label). "
+        "`<model> ensemble` averages the probabilities of the seed retrains.",
+        "",
         markdown_table(inputs.comparison.fillna("")),
+        "",
+        "### Paired comparisons (same test images)",
+        "",
+        f"Differences first minus second, {level} paired bootstrap intervals (DeLong's test for a binary AUC); "
+        "an interval that includes 0 means the test set cannot tell the two apart.",
+        "",
+        *[f"- {line}" for line in paired_sentences(inputs)],
         "",
         "MLflow runs of the evaluated models: "
         + ", ".join(f"{name} `{run_id}`" for name, run_id in inputs.run_ids.items())
@@ -132,6 +183,7 @@ def render(inputs: ReportInputs) -> str:
         ]
         if inputs.size_reading:
             parts += [inputs.size_reading, ""]
+    parts += robustness_section(inputs)
     parts += [
         f"## Error analysis of `{inputs.best}` (test split)",
         "",

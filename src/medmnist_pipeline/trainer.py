@@ -62,14 +62,14 @@ def build_trainer(
 ) -> pl.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+    from medmnist_pipeline.selection import BestCheckpoint
+
     t = params.trainer
     check_hardware(t)
     callbacks = [
-        # The best epoch by validation AUC, and every epoch's state for resuming (Lightning 2.6's save_last only
-        # writes when the monitored metric improved, which would lose epochs on resume).
-        ModelCheckpoint(
-            dirpath=checkpoint_dir, filename="best", monitor="val/auc", mode="max", enable_version_counter=False
-        ),
+        # The best epoch by validation AUC (ties: lower validation loss), and every epoch's state for resuming
+        # (Lightning 2.6's save_last only writes when the monitored metric improved, which would lose epochs).
+        BestCheckpoint(dirpath=checkpoint_dir, filename="best", enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False),
         History(),
         LossGuard(),

@@ -10,6 +10,7 @@ import numpy as np
 
 from medmnist_pipeline.augment import (
     augment_images,
+    corrupt_copies,
     default_workers,
     open_output,
     preview_copies,
@@ -55,6 +56,9 @@ def main(params_path: str) -> None:
                         advance=lambda n: progress.advance(task, n),
                         workers=default_workers(),
                     )
+                if params.augment.corruptions:
+                    print(f"AugMedMNIST-C: one of {len(params.augment.corruptions)} corruptions per image")
+                corrupt_copies(out, meta.flag, params.augment.corruptions, params.seed)
                 out.flush()
                 del out
             facts = {"copies": copies, "seed": params.seed, "mode": params.augment.mode}

@@ -64,6 +64,8 @@ def main(params_path: str, worker: bool = False) -> None:
 
         best = best_trial(study)
         check_search_finished(study, params, timed_out)
+        noise = _search_noise(study, best, params, meta)
+        print(noise.sentence())
         reports.mkdir(parents=True, exist_ok=True)
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
         trials_table(study).to_csv(reports / "trials.csv", index=False)
@@ -71,6 +73,8 @@ def main(params_path: str, worker: bool = False) -> None:
         trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
         metrics = {
             "best": {params.tune.metric: best.value, "trial": best.number},
+            # the validation noise of the metric, and how many finished trials lie within it of the best
+            "noise": {"validation_se": round(noise.se, 5), "trials_within_se": len(noise.within_noise)},
             "trials": states,
             "trial_seconds": round(trial_seconds, 1),
             "stage_seconds": round(time.perf_counter() - started, 1),
@@ -91,3 +95,22 @@ def main(params_path: str, worker: bool = False) -> None:
             f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
             f"-> {tuned}, {reports}; MLflow run {run.info.run_id}"
         )
+
+
+def _search_noise(study, best, params, meta):  # noqa: ANN001, ANN202
+    """The completed trials within one validation standard error (bootstrap SE of the metric for the best trial's
+    model on the validation split) of the best one: more than one means validation cannot decide among them."""
+    from optuna.trial import TrialState
+
+    from medmnist_pipeline.comparison import VALIDATION_METRICS, bootstrap_se, search_noise
+    from medmnist_pipeline.data import load_split
+    from medmnist_pipeline.datamodule import as_tensors
+    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.tuning import best_model_file
+
+    images, labels = load_split(PREPARED_DIR, "val")
+    y_score = ModelFile.load(best_model_file(best)).predict(as_tensors(images, labels, meta.multi_label)[0])
+    metric = VALIDATION_METRICS[params.tune.metric]
+    se = bootstrap_se(labels, y_score, meta.task, metric, 200, params.seed)
+    values = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return search_noise(values, se, params.tune.metric, params.tune.direction == "maximize")
