@@ -25,10 +25,28 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medmnist_pipeline.config import ModelParams
+from medmnist_pipeline.datamodule import Batches, as_tensors
+from medmnist_pipeline.modelfile import normalize
 from medmnist_pipeline.models import build_model
-from medmnist_pipeline.training import Batches, as_tensors, normalize
 
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
+
+RESNET18 = ModelParams.model_validate(
+    {
+        "name": "resnet18",
+        "filters": 1,
+        "kernel_size": 3,
+        "convs_per_block": 1,
+        "blocks": 1,
+        "fc_layers": 0,
+        "fc_width": 1,
+        "dropout": 0.0,
+        "stem": "cifar",
+        "init_from": None,
+        "freeze": "none",
+    }
+)
 
 
 class PILDataset(Dataset):
@@ -56,7 +74,7 @@ def endless(loader_factory):
 def train(batches, steps: int, warmup: int, device: str, fast: bool, prepare) -> float:
     """Images per second over ``steps`` optimizer steps after ``warmup`` untimed ones."""
     torch.manual_seed(0)
-    model = build_model("resnet18", 1, 2, 28, stem="cifar").to(device)
+    model = build_model(RESNET18, 1, 2, 28).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

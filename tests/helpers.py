@@ -62,3 +62,11 @@ def make_npz(
         arrays[f"{split}_labels"] = labels
     np.savez_compressed(path, **arrays)
     return path
+
+
+def model_params(**overrides: Any) -> Any:
+    """A validated ``train.model`` section: the repository's params.yaml with ``overrides``."""
+    from medmnist_pipeline.config import ModelParams
+
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
+    return ModelParams.model_validate({**section, **overrides})

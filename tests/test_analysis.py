@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from medmnist_pipeline import analysis as an
+from medmnist_pipeline import calibration, curves
+from medmnist_pipeline.figures import save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
@@ -130,7 +132,7 @@ def test_bad_inputs_are_refused() -> None:
 def test_reliability_ece_single_label() -> None:
     y_score = np.array([[0.1, 0.9], [0.15, 0.85], [0.7, 0.3], [0.35, 0.65]])
     y_true = [1, 0, 0, 0]  # top-class confidences 0.9 right, 0.85 wrong, 0.7 right, 0.65 wrong
-    rel = an.reliability(y_true, y_score, "binary-class", n_bins=5)  # bins (0.6, 0.8] and (0.8, 1.0] are used
+    rel = calibration.reliability(y_true, y_score, "binary-class", n_bins=5)  # bins (0.6, 0.8] and (0.8, 1.0] are used
     # bin (0.8, 1]: mean confidence (0.9 + 0.85) / 2 = 0.875, accuracy 1/2
     # bin (0.6, 0.8]: mean confidence (0.7 + 0.65) / 2 = 0.675, accuracy 1/2
     # ECE = 2/4 * |0.5 - 0.875| + 2/4 * |0.5 - 0.675| = 0.1875 + 0.0875 = 0.275
@@ -144,7 +146,7 @@ def test_reliability_ece_single_label() -> None:
 def test_reliability_ece_multilabel_uses_every_probability() -> None:
     y_true = np.array([[0, 1], [1, 1]])
     y_score = np.array([[0.1, 0.9], [0.3, 0.7]])
-    rel = an.reliability(y_true, y_score, "multi-label, binary-class", n_bins=5)
+    rel = calibration.reliability(y_true, y_score, "multi-label, binary-class", n_bins=5)
     # one probability per bin: 0.1 (y=0) |0 - 0.1|, 0.3 (y=1) |1 - 0.3|, 0.7 (y=1) |1 - 0.7|, 0.9 (y=1) |1 - 0.9|
     # ECE = (0.1 + 0.7 + 0.3 + 0.1) / 4 = 0.3
     assert rel["ece"] == pytest.approx(0.3)
@@ -153,7 +155,9 @@ def test_reliability_ece_multilabel_uses_every_probability() -> None:
 
 def test_reliability_bins_are_right_closed() -> None:
     # two bins [0, 0.5] and (0.5, 1]: 0.0 and 0.5 fall in the first, 1.0 in the last
-    rel = an.reliability(np.array([[0, 1, 1]]), np.array([[0.0, 0.5, 1.0]]), "multi-label, binary-class", n_bins=2)
+    rel = calibration.reliability(
+        np.array([[0, 1, 1]]), np.array([[0.0, 0.5, 1.0]]), "multi-label, binary-class", n_bins=2
+    )
     assert rel["bin_count"].tolist() == [2, 1]
     # ECE = 2/3 * |1/2 - 0.25| + 1/3 * |1 - 1| = 1/6
     assert rel["ece"] == pytest.approx(1 / 6)
@@ -165,7 +169,7 @@ def test_reliability_bins_are_right_closed() -> None:
 def test_coverage_curve_four_sample_toy() -> None:
     y_score = np.array([[0.1, 0.9], [0.4, 0.6], [0.8, 0.2], [0.3, 0.7]])
     y_true = [1, 0, 0, 0]
-    curve = an.coverage_curve(y_true, y_score, "binary-class")
+    curve = calibration.coverage_curve(y_true, y_score, "binary-class")
     # confidences 0.9 (right), 0.6 (wrong), 0.8 (right), 0.7 (wrong)
     # -> order 0.9, 0.8, 0.7, 0.6 = right, right, wrong, wrong
     # accuracy of the top 1..4: 1/1, 2/2, 2/3, 2/4
@@ -174,16 +178,19 @@ def test_coverage_curve_four_sample_toy() -> None:
     np.testing.assert_allclose(curve["threshold"], [0.9, 0.8, 0.7, 0.6])
     assert np.all(np.diff(curve["threshold"]) <= 0)  # most confident answered first
     assert np.all(np.diff(curve["coverage"]) > 0)
-    assert an.coverage_at_accuracy(curve, 1.0) == 0.5  # the largest coverage still at 100 %, not the first one
-    assert an.coverage_at_accuracy(curve, 2 / 3) == 0.75
-    assert an.coverage_at_accuracy(curve, 0.5) == 1.0
-    assert an.coverage_at_accuracy({"coverage": curve["coverage"], "accuracy": curve["accuracy"] * 0.9}, 0.95) == 0.0
+    assert calibration.coverage_at_accuracy(curve, 1.0) == 0.5  # the largest coverage still at 100 %, not the first one
+    assert calibration.coverage_at_accuracy(curve, 2 / 3) == 0.75
+    assert calibration.coverage_at_accuracy(curve, 0.5) == 1.0
+    assert (
+        calibration.coverage_at_accuracy({"coverage": curve["coverage"], "accuracy": curve["accuracy"] * 0.9}, 0.95)
+        == 0.0
+    )
 
 
 def test_coverage_curve_multilabel_confidence_and_hamming_accuracy() -> None:
     y_true = np.array([[1, 0], [0, 0]])
     y_score = np.array([[0.6, 0.6], [0.1, 0.0]])
-    curve = an.coverage_curve(y_true, y_score, "multi-label, binary-class")
+    curve = calibration.coverage_curve(y_true, y_score, "multi-label, binary-class")
     # confidence: mean(max(p, 1-p)) = (0.6 + 0.6) / 2 = 0.6 and (0.9 + 1.0) / 2 = 0.95 -> row 2 first
     # accuracy per image: row 2 both labels right = 1, row 1 one of two right = 0.5 -> cumulative 1, (1 + 0.5) / 2
     np.testing.assert_allclose(curve["threshold"], [0.95, 0.6])
@@ -237,7 +244,7 @@ def test_read_size_curve_still_falling() -> None:
             "val_auc": [0.7, 0.75, 0.8, 0.82],
         }
     )
-    text = an.read_size_curve(df.sample(frac=1, random_state=0))  # row order must not matter
+    text = curves.read_size_curve(df.sample(frac=1, random_state=0))  # row order must not matter
     # last doubling 2000 -> 4000: 21 % -> 18 % = 3.0 points; gap at 4000: 18 - 11 = 7.0 points
     assert "falls by 3.0 points per doubling" in text
     assert "gap is 7.0 points" in text
@@ -252,7 +259,7 @@ def test_read_size_curve_flat() -> None:
             "val_error": [0.20, 0.150, 0.148, 0.146],
         }
     )
-    text = an.read_size_curve(df)
+    text = curves.read_size_curve(df)
     # last doubling = sizes 2000, 3000, 4000: least-squares slope of 15.0, 14.8, 14.6 against log2(n) is about
     # -0.4 / 1 doubling; gap at 4000: 14.6 - 3 = 11.6 points
     assert "flat (falls by only 0.4 points per doubling" in text
@@ -262,7 +269,9 @@ def test_read_size_curve_flat() -> None:
 
 def test_read_size_curve_refuses_percentages() -> None:
     with pytest.raises(ValueError, match="fractions"):
-        an.read_size_curve(pd.DataFrame({"n_train": [100, 200], "train_error": [5.0, 4.0], "val_error": [20.0, 18.0]}))
+        curves.read_size_curve(
+            pd.DataFrame({"n_train": [100, 200], "train_error": [5.0, 4.0], "val_error": [20.0, 18.0]})
+        )
 
 
 # ---------------------------------------------------------------------------------------------- figures as PNG
@@ -273,8 +282,8 @@ def test_every_plot_writes_a_png(task: str, tmp_path: Path) -> None:
     y_true, y_score, names = random_predictions(task)
     figures = {
         "confusion": an.plot_confusion(an.confusion(y_true, y_score, task, names), task),
-        "reliability": an.plot_reliability(an.reliability(y_true, y_score, task), task),
-        "coverage": an.plot_coverage(an.coverage_curve(y_true, y_score, task), task),
+        "reliability": calibration.plot_reliability(calibration.reliability(y_true, y_score, task), task),
+        "coverage": calibration.plot_coverage(calibration.coverage_curve(y_true, y_score, task), task),
     }
     if task == "binary-class":
         figures["roc_pr"] = an.plot_roc_pr(y_true, y_score)
@@ -288,15 +297,15 @@ def test_every_plot_writes_a_png(task: str, tmp_path: Path) -> None:
         captions = an.gallery_captions(y_true, y_score, task, names, indices)
         figures[name] = an.plot_gallery(images, indices, captions, name)
     for name, fig in figures.items():
-        assert_png(an.save_figure(fig, tmp_path / "nested" / task / f"{name}.png"))
+        assert_png(save_figure(fig, tmp_path / "nested" / task / f"{name}.png"))
 
 
 def test_gallery_with_no_and_few_images(tmp_path: Path) -> None:
     images = np.zeros((3, 28, 28), dtype=np.uint8)
-    assert_png(an.save_figure(an.plot_gallery(images, [], [], "worst errors"), tmp_path / "none.png"))
+    assert_png(save_figure(an.plot_gallery(images, [], [], "worst errors"), tmp_path / "none.png"))
     fig = an.plot_gallery(images, [2], ["true: a\npred: b (0.90)"], "one")  # k = 16 asked, one available
     assert sum(ax.has_data() for ax in fig.axes) == 1
-    assert_png(an.save_figure(fig, tmp_path / "one.png"))
+    assert_png(save_figure(fig, tmp_path / "one.png"))
     with pytest.raises(ValueError, match="captions"):
         an.plot_gallery(images, [0, 1], ["only one"], "mismatch")
 
@@ -320,11 +329,11 @@ def test_history_and_size_curve_plots(tmp_path: Path) -> None:
             "val_acc": [np.nan, 0.55, np.nan, 0.65, np.nan, 0.7],
         }
     )
-    fig = an.plot_history(history, "history")
+    fig = curves.plot_history(history, "history")
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]  # NaN rows skipped, absent val_auc not drawn
-    assert_png(an.save_figure(fig, tmp_path / "history.png"))
-    only_loss = an.plot_history(pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]}), "sparse")
-    assert_png(an.save_figure(only_loss, tmp_path / "sparse.png"))
+    assert_png(save_figure(fig, tmp_path / "history.png"))
+    only_loss = curves.plot_history(pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]}), "sparse")
+    assert_png(save_figure(only_loss, tmp_path / "sparse.png"))
     sizes = pd.DataFrame(
         {
             "n_train": [4000, 500, 1000, 2000],
@@ -333,10 +342,10 @@ def test_history_and_size_curve_plots(tmp_path: Path) -> None:
             "val_auc": [0.82, 0.7, 0.75, 0.8],
         }
     )
-    fig = an.plot_size_curve(sizes)
+    fig = curves.plot_size_curve(sizes)
     assert fig.axes[0].get_xscale() == "log"
     assert len(fig.axes) == 2  # the twin AUC axis
-    assert_png(an.save_figure(fig, tmp_path / "size.png"))
+    assert_png(save_figure(fig, tmp_path / "size.png"))
 
 
 def test_save_figure_creates_folders_and_releases_pyplot(tmp_path: Path) -> None:
@@ -347,7 +356,7 @@ def test_save_figure_creates_folders_and_releases_pyplot(tmp_path: Path) -> None
 
     fig = plt.figure()  # a caller's pyplot figure must leave pyplot's registry too
     fig.add_subplot().plot([0, 1], [1, 0])
-    path = an.save_figure(fig, tmp_path / "a" / "b" / "line.png")
+    path = save_figure(fig, tmp_path / "a" / "b" / "line.png")
     assert path == tmp_path / "a" / "b" / "line.png"
     assert_png(path)
     assert fig.number not in plt.get_fignums()

@@ -18,8 +18,8 @@ from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.evaluation import reference_rows
 from medmnist_pipeline.metadata import DATASETS
 from medmnist_pipeline.metrics import official_acc, official_auc
+from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import baseline, evaluate, train, tune
-from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
 from test_training import prepare, tiny, use_custom
 
 FILES = [
@@ -108,11 +108,11 @@ def test_evaluate_writes_every_file_for_every_task(
 
     # The test metrics equal an independent recomputation from the model file and the raw npz.
     raw = np.load(source, allow_pickle=False)
-    exported = load_exported(workdir / "models/tuned.ckpt")
+    exported = ModelFile.load(workdir / "models/tuned.ckpt")
     images = raw["test_images"][:, None]  # grey (N, 1, H, W)
     import torch
 
-    scores = predict_scores(network_from_export(exported), torch.from_numpy(images), task)
+    scores = exported.predict(torch.from_numpy(images))
     assert metrics["tuned"]["test"]["auc"] == pytest.approx(official_auc(raw["test_labels"], scores, task))
     assert metrics["tuned"]["test"]["acc"] == pytest.approx(official_acc(raw["test_labels"], scores, task))
 

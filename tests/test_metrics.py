@@ -15,8 +15,8 @@ from medmnist_pipeline.metrics import (
     bootstrap_ci,
     official_acc,
     official_auc,
-    scores_from_logits,
 )
+from medmnist_pipeline.modelfile import scores_from_logits
 
 TASKS = ["binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression"]
 

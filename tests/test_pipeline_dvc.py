@@ -99,7 +99,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     spy.mkdir()
     (spy / "sitecustomize.py").write_text(SPY)
     log = tmp / "test_split_opens.log"
-    first = sh("dvc", "repro", cwd=project, env=env | {"PYTHONPATH": str(spy), "TEST_SPLIT_LOG": str(log)})
+    pythonpath = os.pathsep.join(filter(None, [str(spy), env.get("PYTHONPATH")]))  # keep a caller's source path
+    first = sh("dvc", "repro", cwd=project, env=env | {"PYTHONPATH": pythonpath, "TEST_SPLIT_LOG": str(log)})
     (project / "first_repro.log").write_text(first.stdout)
     return project, env, log
 

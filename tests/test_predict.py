@@ -19,14 +19,15 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import REPO, make_npz, write_params
+from helpers import REPO, make_npz, model_params, write_params
 from medmnist_pipeline import cli
+from medmnist_pipeline.metadata import MULTI_LABEL
+from medmnist_pipeline.modelfile import DatasetRef, ModelFile
+from medmnist_pipeline.models import build_model
 from medmnist_pipeline.predict import tracking_store
-from medmnist_pipeline.training import MODEL_FORMAT, load_exported, network, network_from_export, predict_scores
 from test_training import prepare, tiny, use_custom
 
 LABELS = ["a", "b", "c"]
-MULTI_LABEL = "multi-label, binary-class"
 
 
 @pytest.fixture(scope="module")
@@ -54,38 +55,27 @@ def rgb_multilabel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained) RGB 32 px multi-label convnet in the exported-model format, with a bias that makes the
     first label certain and the last impossible, so the ';'-joined prediction is known."""
     torch.manual_seed(0)
-    model = {
-        "name": "convnet",
-        "filters": 4,
-        "kernel_size": 3,
-        "convs_per_block": 1,
-        "blocks": 1,
-        "fc_layers": 0,
-        "fc_width": 8,
-        "dropout": 0.0,
-    }
-    net = network(model, 3, 4, 32)
+    section = model_params(
+        name="convnet", filters=4, kernel_size=3, convs_per_block=1, blocks=1, fc_layers=0, fc_width=8, dropout=0.0
+    )
+    net = build_model(section, 3, 4, 32)
     last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(0.01)
         last.bias.copy_(torch.tensor([20.0, 0.0, 0.0, -20.0]))
     path = tmp_path_factory.mktemp("rgb") / "rgb.ckpt"
-    torch.save(
-        {
-            "format": MODEL_FORMAT,
-            "state_dict": net.state_dict(),
-            "model": model,
-            "task": MULTI_LABEL,
-            "labels": ["w", "x", "y", "z"],
-            "in_channels": 3,
-            "image_size": 32,
-            "dataset": {"flag": "custom"},
-            "val": {},
-            "history": [],
-            "mlflow_run_id": None,
-        },
-        path,
-    )
+    ModelFile.from_network(
+        net,
+        model=section,
+        task=MULTI_LABEL,
+        labels=("w", "x", "y", "z"),
+        in_channels=3,
+        image_size=32,
+        dataset=DatasetRef("custom", 32, "0" * 32),
+        val={},
+        mlflow_run_id=None,
+        history=(),
+    ).save(path)
     return path
 
 
@@ -106,8 +96,7 @@ def probabilities(body: list[list[str]]) -> np.ndarray:
 
 def expected_scores(model_path: Path, pixels: list[np.ndarray]) -> np.ndarray:
     """predict_scores of the exported model on uint8 (C, H, W) pixels prepared independently of predict.py."""
-    exported = load_exported(model_path)
-    return predict_scores(network_from_export(exported), torch.from_numpy(np.stack(pixels)), exported["task"])
+    return ModelFile.load(model_path).predict(torch.from_numpy(np.stack(pixels)))
 
 
 def as_model_input(image: Image.Image, mode: str, size: int) -> np.ndarray:

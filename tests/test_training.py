@@ -20,17 +20,14 @@ import pytest
 import torch
 
 from helpers import make_npz, shared_file, write_params
+from medmnist_pipeline.callbacks import LossGuard
+from medmnist_pipeline.classifier import build_optimization
+from medmnist_pipeline.config import OptimizerParams, ScheduleParams
+from medmnist_pipeline.datamodule import as_tensors
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metrics import official_acc, official_auc
+from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import augment, baseline, download, train
-from medmnist_pipeline.training import (
-    LossGuard,
-    as_tensors,
-    build_optimization,
-    load_exported,
-    network_from_export,
-    predict_scores,
-)
 
 TINY_CONVNET = {
     "name": "convnet",
@@ -102,10 +99,10 @@ def test_train_stage_on_every_task_type(workdir: Path, repo_params: dict, task: 
     assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())
 
     # The exported model loads with weights_only=True and reproduces the reported validation metrics.
-    exported = load_exported(workdir / "models/cnn.ckpt")
-    assert exported["labels"] == labels and exported["task"] == task
+    exported = ModelFile.load(workdir / "models/cnn.ckpt")
+    assert exported.labels == tuple(labels) and exported.task == task
     val_x, val_y = np.load(workdir / "data/prepared/val_images.npy"), np.load(workdir / "data/prepared/val_labels.npy")
-    scores = predict_scores(network_from_export(exported), as_tensors(val_x, val_y, False)[0], task)
+    scores = exported.predict(as_tensors(val_x, val_y, False)[0])
     assert official_acc(val_y, scores, task) == pytest.approx(metrics["val"]["acc"], abs=1e-6)
     assert official_auc(val_y, scores, task) == pytest.approx(metrics["val"]["auc"], abs=1e-5)
 
@@ -144,7 +141,7 @@ def test_same_params_same_metrics_and_the_baseline(workdir: Path, repo_params: d
     assert json.loads(first)["val"] == json.loads((workdir / "reports/train/metrics.json").read_text())["val"]
 
     baseline.main("params.yaml")
-    assert load_exported(workdir / "models/baseline.ckpt")["model"]["name"] == "logreg"
+    assert ModelFile.load(workdir / "models/baseline.ckpt").model.name == "logreg"
     assert json.loads((workdir / "reports/baseline/metrics.json").read_text())["val"]["auc"] > 0.9
 
 
@@ -210,9 +207,9 @@ def test_two_process_ddp_on_cpu_logs_one_run_with_correct_metrics(workdir: Path,
 
     (run,) = runs(params, "train")
     metrics = json.loads((workdir / "reports/train/metrics.json").read_text())
-    exported = load_exported(workdir / "models/cnn.ckpt")
+    exported = ModelFile.load(workdir / "models/cnn.ckpt")
     val_x, val_y = np.load(workdir / "data/prepared/val_images.npy"), np.load(workdir / "data/prepared/val_labels.npy")
-    scores = predict_scores(network_from_export(exported), as_tensors(val_x, val_y, False)[0], "binary-class")
+    scores = exported.predict(as_tensors(val_x, val_y, False)[0])
     # every validation image counted exactly once across the two ranks
     assert official_auc(val_y, scores, "binary-class") == pytest.approx(metrics["val"]["auc"], abs=1e-5)
     assert run.data.metrics["best/val_auc"] == pytest.approx(metrics["val"]["auc"])
@@ -243,7 +240,7 @@ def test_loss_guard_stops_an_explosion() -> None:
         current_epoch = 0
 
     class Module:
-        hparams = {"optimizer": {"lr": 0.5}}
+        optimizer_params = OptimizerParams(name="adam", lr=0.5, weight_decay=0.0, momentum=0.0, nesterov=False)
 
     guard = LossGuard()
     guard.on_train_epoch_end(Trainer(), Module())
@@ -256,10 +253,11 @@ def test_loss_guard_stops_an_explosion() -> None:
 
 def test_schedules() -> None:
     net = torch.nn.Linear(2, 2)
-    opt = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False}
+    opt = OptimizerParams(name="sgd", lr=1.0, weight_decay=0.0, momentum=0.0, nesterov=False)
 
     def lrs(schedule: dict) -> list[float]:
-        built = build_optimization(net, opt, {"factor": 0.1, "patience": 0, "warmup_epochs": 0, **schedule}, 4, 40)
+        section = ScheduleParams(**{"factor": 0.1, "patience": 0, "warmup_epochs": 0, **schedule})
+        built = build_optimization(net, opt, section, 4, 40)
         optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
         out = []
         for _ in range(40):
@@ -304,14 +302,14 @@ def test_transfer_learning_replaces_the_head_and_freezes_the_backbone(workdir: P
     prepare(workdir, params)
     train.main("params.yaml")
     (workdir / "models/cnn.ckpt").rename(workdir / "pretrained.ckpt")
-    pretrained = load_exported(workdir / "pretrained.ckpt")["state_dict"]
+    pretrained = ModelFile.load(workdir / "pretrained.ckpt").state_dict
 
     three = make_npz(workdir / "three.npz", task="multi-class", n_labels=3, counts=(64, 32, 8))
     use_custom(params, three, "multi-class", ["a", "b", "c"])
     params["train"]["model"].update({"init_from": str(workdir / "pretrained.ckpt"), "freeze": "backbone"})
     prepare(workdir, params)
     train.main("params.yaml")
-    tuned = load_exported(workdir / "models/cnn.ckpt")["state_dict"]
+    tuned = ModelFile.load(workdir / "models/cnn.ckpt").state_dict
     assert tuned["head.weight"].shape[0] == 3
     backbone = [k for k in pretrained if not k.startswith("head.") and "running" not in k and "num_batches" not in k]
     assert backbone and all(torch.equal(pretrained[k], tuned[k]) for k in backbone)

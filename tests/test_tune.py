@@ -19,11 +19,12 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import make_npz, params_error, write_params
-from medmnist_pipeline.config import TrainParams, load_params, validate
+from medmnist_pipeline.config import TrainParams, load_params
+from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
+from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import tune
-from medmnist_pipeline.training import load_exported
 from medmnist_pipeline.tuning import open_study
 from test_training import prepare, tiny, use_custom
 
@@ -79,7 +80,7 @@ def test_tune_writes_outputs_and_nests_trial_runs(project: tuple[Path, dict]) ->
     best = yaml.safe_load((workdir / "reports/tune/best_params.yaml").read_text())["train"]
     best_section = validate(TrainParams, best, source="best_params.yaml")
     assert best_section.max_epochs == 3 and best_section.model.filters in (8, 16)
-    assert load_exported(workdir / "models/tuned.ckpt")["model"]["filters"] == best["model"]["filters"]
+    assert ModelFile.load(workdir / "models/tuned.ckpt").model.filters == best["model"]["filters"]
     for plot in ("optimization_history", "parallel_coordinate", "slice"):
         assert (workdir / f"reports/tune/{plot}.png").stat().st_size > 1000
 

@@ -16,14 +16,11 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import (
     average_precision_score,
@@ -35,15 +32,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from medmnist_pipeline.metadata import TASKS
+from medmnist_pipeline.figures import new_figure, note, save_figure  # noqa: F401 - save_figure: callers' one import
+from medmnist_pipeline.metadata import MULTI_LABEL, TASKS, THRESHOLD
 
-MULTI_LABEL = "multi-label, binary-class"
-THRESHOLD = 0.5  # multi-label decision threshold: positive when p > THRESHOLD
 NAME_MAX = 20  # label names longer than this are cut with an ellipsis on figures
-# read_size_curve: below this drop in validation error per doubling of the data, the curve counts as flat.
-# One point is about the standard error of a 10 % error rate measured on 1,000 images (sqrt(.1 * .9 / 1000)
-# = 0.95 points), so a smaller drop is within the noise of a single validation split.
-MIN_DROP_POINTS = 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -57,7 +49,7 @@ def is_multilabel(task: str) -> bool:
     return task == MULTI_LABEL
 
 
-def _check(
+def check_inputs(
     y_true: Any, y_score: Any, task: str, label_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate shapes once, so every function below can assume clean arrays."""
@@ -84,7 +76,7 @@ def _check(
     return y_true, y_score
 
 
-def _predict(y_score: np.ndarray, multilabel: bool) -> np.ndarray:
+def predict_labels(y_score: np.ndarray, multilabel: bool) -> np.ndarray:
     return (y_score > THRESHOLD).astype(int) if multilabel else y_score.argmax(axis=1)
 
 
@@ -96,13 +88,6 @@ def _row_normalise(counts: np.ndarray) -> np.ndarray:
 
 def _short(name: str, limit: int = NAME_MAX) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A figure on an Agg canvas, outside pyplot; constrained layout keeps rotated labels inside the image."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _heatmap(ax: Any, values: np.ndarray, fmt: str, rows: Sequence[str], cols: Sequence[str], vmax: float) -> None:
@@ -125,13 +110,6 @@ def _heatmap(ax: Any, values: np.ndarray, fmt: str, rows: Sequence[str], cols: S
     ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)
 
 
-def _note(ax: Any, text: str) -> None:
-    """An empty panel that says why it is empty, instead of a crash or a blank image."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 # --------------------------------------------------------------------------------------------------------------
 # 1-3. Confusion matrices, per-class report, most confused pairs
 # --------------------------------------------------------------------------------------------------------------
@@ -145,8 +123,8 @@ def confusion(y_true: Any, y_score: Any, task: str, label_names: Sequence[str]) 
     (scikit-learn's ``[[TN, FP], [FN, TP]]``). ``normalized`` divides each row by its sum (recall per true row).
     """
     multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task, label_names)
-    y_pred = _predict(y_score, multilabel)
+    y_true, y_score = check_inputs(y_true, y_score, task, label_names)
+    y_pred = predict_labels(y_score, multilabel)
     if multilabel:
         counts = multilabel_confusion_matrix(y_true, y_pred, labels=range(y_score.shape[1]))
     else:
@@ -169,7 +147,7 @@ def plot_confusion(conf: dict[str, Any], title: str = "Confusion matrix") -> Fig
     if conf["multilabel"]:
         count_cells = counts.reshape(len(names), 4)
         rate_cells = norm.reshape(len(names), 4)
-        fig = _figure(10, 0.32 * len(names) + 1.6)
+        fig = new_figure(10, 0.32 * len(names) + 1.6)
         left, right = fig.subplots(1, 2)
         _heatmap(left, count_cells, "d", names, ["TN", "FP", "FN", "TP"], count_cells.max())
         _heatmap(right, rate_cells, ".2f", names, ["TNR", "FPR", "FNR", "TPR"], 1.0)
@@ -177,7 +155,7 @@ def plot_confusion(conf: dict[str, Any], title: str = "Confusion matrix") -> Fig
             ax.set_xlabel("cell of the label's 2x2 matrix (threshold 0.5)")
     else:
         side = max(3.8, 0.5 * len(names) + 2.2)
-        fig = _figure(2 * side, side)
+        fig = new_figure(2 * side, side)
         left, right = fig.subplots(1, 2)
         _heatmap(left, counts, "d", names, names, counts.max())
         _heatmap(right, norm, ".2f", names, names, 1.0)
@@ -196,8 +174,8 @@ def per_class_report(y_true: Any, y_score: Any, task: str, label_names: Sequence
     Undefined ratios (a class never predicted, or absent) are reported as 0, as scikit-learn's zero_division=0.
     """
     multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task, label_names)
-    y_pred = _predict(y_score, multilabel)
+    y_true, y_score = check_inputs(y_true, y_score, task, label_names)
+    y_pred = predict_labels(y_score, multilabel)
     labels = None if multilabel else list(range(y_score.shape[1]))  # keep classes absent from this split
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
@@ -234,162 +212,21 @@ def most_confused_pairs(conf_counts: Any, label_names: Sequence[str], k: int = 5
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 4. Calibration
-# --------------------------------------------------------------------------------------------------------------
-
-
-def reliability(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[str, Any]:
-    """Equal-width reliability bins over [0, 1] and the expected calibration error.
-
-    Single-label: the confidence is the top-class probability and a bin's accuracy the share of correct argmaxes.
-    Multi-label: every (sample, label) probability counts, and a bin's "accuracy" is its share of positives (the
-    reliability diagram of a binary probability). Bins are right-closed, (lo, hi], with 0 in the first bin.
-    ECE = sum over bins of (count / total) * |accuracy - mean confidence|. Empty bins hold NaN and weigh nothing.
-    """
-    multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task)
-    if n_bins < 1:
-        raise ValueError("n_bins must be at least 1")
-    if multilabel:
-        confidence, hit = y_score.ravel(), y_true.ravel().astype(float)
-    else:
-        confidence, hit = y_score.max(axis=1), (y_score.argmax(axis=1) == y_true).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.searchsorted(edges[1:-1], confidence, side="left")
-    count = np.bincount(bins, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
-        bin_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / count
-        bin_accuracy = np.bincount(bins, weights=hit, minlength=n_bins) / count
-    filled = count > 0
-    weights = count[filled] / max(count.sum(), 1)
-    gaps = np.abs(bin_accuracy[filled] - bin_confidence[filled])
-    ece = float(np.sum(weights * gaps)) if filled.any() else float("nan")  # no predictions: undefined, not 0
-    return {
-        "bin_edges": edges,
-        "bin_confidence": bin_confidence,
-        "bin_accuracy": bin_accuracy,
-        "bin_count": count,
-        "ece": ece,
-        "multilabel": multilabel,
-    }
-
-
-def plot_reliability(rel: dict[str, Any], title: str = "Reliability") -> Figure:
-    """Accuracy per bin as bars against the diagonal of perfect calibration, with the confidence histogram below."""
-    edges, count = rel["bin_edges"], rel["bin_count"]
-    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = _figure(5.5, 6)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration")
-    filled = count > 0
-    top.bar(
-        centres[filled],
-        rel["bin_accuracy"][filled],
-        width=width[filled],
-        edgecolor="black",
-        alpha=0.75,
-        label="fraction positive" if rel["multilabel"] else "accuracy",
-    )
-    top.plot(
-        rel["bin_confidence"][filled],
-        rel["bin_accuracy"][filled],
-        "o-",
-        color="tab:red",
-        markersize=3,
-        label="same, at each bin's mean confidence",
-    )
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("fraction positive" if rel["multilabel"] else "accuracy")
-    top.legend(fontsize=8, loc="upper left")
-    bottom.bar(centres, count, width=width, color="0.6", edgecolor="black")
-    bottom.set_ylabel("count")
-    bottom.set_xlabel(
-        "predicted probability (every sample x label)" if rel["multilabel"] else "confidence (top-class probability)"
-    )
-    top.set_title(f"{title} - ECE = {rel['ece']:.3f}", fontsize=10)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 5. Coverage: how many images can be answered at a given accuracy
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _confidence_and_accuracy(
-    y_true: np.ndarray, y_score: np.ndarray, multilabel: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample confidence and correctness (multi-label: mean over labels of max(p, 1-p), share of right labels)."""
-    if multilabel:
-        return np.maximum(y_score, 1 - y_score).mean(axis=1), (_predict(y_score, True) == y_true).mean(axis=1)
-    return y_score.max(axis=1), (y_score.argmax(axis=1) == y_true).astype(float)
-
-
-def coverage_curve(y_true: Any, y_score: Any, task: str) -> dict[str, np.ndarray]:
-    """Accuracy of the most confident fraction of images, for every coverage 1/N, 2/N, ..., 1.
-
-    Images are sorted by confidence, most confident first (a stable sort: ties keep their input order).
-    ``threshold[i]`` is the confidence of the last image answered at ``coverage[i]``, i.e. the cut-off to use.
-    Multi-label accuracy is per image the share of its labels predicted right (Hamming accuracy): exact match
-    over 14 labels would be near zero and hide the ordering.
-    """
-    multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task)
-    confidence, correct = _confidence_and_accuracy(y_true, y_score, multilabel)
-    order = np.argsort(-confidence, kind="stable")
-    answered = np.arange(1, len(order) + 1)
-    return {
-        "coverage": answered / len(order),
-        "accuracy": np.cumsum(correct[order]) / answered,
-        "threshold": confidence[order],
-    }
-
-
-def coverage_at_accuracy(curve: dict[str, np.ndarray], target: float) -> float:
-    """The largest coverage whose accuracy is at least ``target`` (1e-12 slack for float rounding); 0.0 if none."""
-    reached = curve["accuracy"] >= target - 1e-12
-    return float(curve["coverage"][reached].max()) if reached.any() else 0.0
-
-
-def plot_coverage(
-    curve: dict[str, np.ndarray], title: str = "Accuracy vs coverage", targets: Sequence[float] = (0.9, 0.95, 0.99)
-) -> Figure:
-    """Accuracy of the answered images vs the fraction answered, with the coverage reachable at each target."""
-    fig = _figure(5.5, 4)
-    ax = fig.subplots()
-    ax.set_title(title, fontsize=10)
-    if len(curve["coverage"]) == 0:
-        _note(ax, "no predictions")
-        return fig
-    ax.plot(curve["coverage"], curve["accuracy"], color="tab:blue")
-    ax.axhline(curve["accuracy"][-1], ls="--", color="0.5", lw=1, label=f"all answered: {curve['accuracy'][-1]:.3f}")
-    for target in targets:
-        cov = coverage_at_accuracy(curve, target)
-        if cov > 0:
-            ax.plot([cov], [target], "o", markersize=5, label=f"accuracy {target:.2f}: {cov:.0%} answered")
-    ax.set_xlim(0, 1.01)
-    ax.set_xlabel("fraction of test images answered (most confident first)")
-    ax.set_ylabel("accuracy of answered images")
-    ax.legend(fontsize=8, loc="lower left")
-    return fig
-
-
-# --------------------------------------------------------------------------------------------------------------
 # 6. Ranking curves: ROC / PR for binary tasks, per-label AUC for multi-label
 # --------------------------------------------------------------------------------------------------------------
 
 
 def plot_roc_pr(y_true: Any, y_score: Any, title: str = "Binary classifier") -> Figure:
     """ROC (with AUC) and precision-recall (with average precision) side by side, scored by ``y_score[:, 1]``."""
-    y_true, y_score = _check(y_true, y_score, "binary-class")
+    y_true, y_score = check_inputs(y_true, y_score, "binary-class")
     if y_score.shape[1] != 2:
         raise ValueError(f"binary y_score must be (N, 2), got {y_score.shape}")
     positive = y_score[:, 1]
-    fig = _figure(10, 4.5)
+    fig = new_figure(10, 4.5)
     roc_ax, pr_ax = fig.subplots(1, 2)
     if len(np.unique(y_true)) < 2:  # both curves are undefined with a single class
-        _note(roc_ax, "ROC needs both classes in y_true")
-        _note(pr_ax, "PR needs both classes in y_true")
+        note(roc_ax, "ROC needs both classes in y_true")
+        note(pr_ax, "PR needs both classes in y_true")
     else:
         fpr, tpr, _ = roc_curve(y_true, positive)
         roc_ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(y_true, positive):.3f}")
@@ -413,7 +250,7 @@ def plot_roc_pr(y_true: Any, y_score: Any, title: str = "Binary classifier") -> 
 
 def per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str]) -> pd.Series:
     """ROC AUC per label; NaN where the label has only one class in y_true (AUC undefined)."""
-    y_true, y_score = _check(y_true, y_score, MULTI_LABEL, label_names)
+    y_true, y_score = check_inputs(y_true, y_score, MULTI_LABEL, label_names)
     aucs = [
         roc_auc_score(y_true[:, j], y_score[:, j]) if len(np.unique(y_true[:, j])) == 2 else np.nan
         for j in range(y_score.shape[1])
@@ -424,7 +261,7 @@ def per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str]) -> pd.S
 def plot_per_label_auc(y_true: Any, y_score: Any, label_names: Sequence[str], title: str = "AUC per label") -> Figure:
     """Horizontal bars of per-label AUC, best at the top; labels with undefined AUC are listed as n/a."""
     aucs = per_label_auc(y_true, y_score, label_names).sort_values(ascending=True, na_position="first")
-    fig = _figure(6.5, 0.3 * len(aucs) + 1.5)
+    fig = new_figure(6.5, 0.3 * len(aucs) + 1.5)
     ax = fig.subplots()
     positions = np.arange(len(aucs))
     ax.barh(positions, aucs.fillna(0).to_numpy(), color="tab:blue")
@@ -460,9 +297,9 @@ def worst_errors(y_true: Any, y_score: Any, task: str, k: int = 16) -> np.ndarra
     Ties keep input order. Fewer than k (possibly none) come back when there are fewer errors.
     """
     multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task)
+    y_true, y_score = check_inputs(y_true, y_score, task)
     if multilabel:
-        wrong = (_predict(y_score, True) != y_true).any(axis=1)
+        wrong = (predict_labels(y_score, True) != y_true).any(axis=1)
         badness = np.abs(y_score - y_true).max(axis=1)
     else:
         wrong = y_score.argmax(axis=1) != y_true
@@ -479,9 +316,9 @@ def uncertain_correct(y_true: Any, y_score: Any, task: str, k: int = 16) -> np.n
     came closest to flipping (the mirror of ``worst_errors``). Ties keep input order.
     """
     multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task)
+    y_true, y_score = check_inputs(y_true, y_score, task)
     if multilabel:
-        right = (_predict(y_score, True) == y_true).all(axis=1)
+        right = (predict_labels(y_score, True) == y_true).all(axis=1)
         sureness = -np.abs(y_score - y_true).max(axis=1)
     else:
         right = y_score.argmax(axis=1) == y_true
@@ -499,7 +336,7 @@ def gallery_captions(
     its target and probability ("mass: y=0, p=0.93").
     """
     multilabel = is_multilabel(task)
-    y_true, y_score = _check(y_true, y_score, task, label_names)
+    y_true, y_score = check_inputs(y_true, y_score, task, label_names)
     captions = []
     for i in indices:
         if multilabel:
@@ -529,14 +366,14 @@ def plot_gallery(
     if len(captions) != len(indices):
         raise ValueError(f"{len(captions)} captions for {len(indices)} images")
     if not indices:
-        fig = _figure(4, 2)
-        _note(fig.subplots(), "none")
+        fig = new_figure(4, 2)
+        note(fig.subplots(), "none")
         fig.suptitle(title, fontsize=10)
         return fig
     cols = min(columns, len(indices))
     rows = -(-len(indices) // cols)  # ceiling division
     caption_lines = max(caption.count("\n") + 1 for caption in captions)
-    fig = _figure(2.0 * cols, (1.9 + 0.17 * caption_lines) * rows + 0.4)
+    fig = new_figure(2.0 * cols, (1.9 + 0.17 * caption_lines) * rows + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()  # unused cells of the last row stay blank
@@ -548,159 +385,3 @@ def plot_gallery(
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=10)
     return fig
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 8. Learning curves: per epoch, and against the size of the training set
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _plot_series(ax: Any, x: pd.Series, frame: pd.DataFrame, columns: Sequence[str]) -> int:
-    """Plot each present column against x, skipping its NaNs (Lightning logs train and val on separate rows)."""
-    drawn = 0
-    for column in columns:
-        if column not in frame:
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce")
-        keep = values.notna() & x.notna()
-        if keep.any():
-            ax.plot(x[keep], values[keep], "o-", markersize=3, label=column)
-            drawn += 1
-    return drawn
-
-
-def plot_history(history: pd.DataFrame, title: str = "Training history") -> Figure:
-    """Loss (left) and accuracy/AUC (right) per epoch; missing or all-NaN columns are simply left out."""
-    if "epoch" in history:
-        x = pd.to_numeric(history["epoch"], errors="coerce")
-    else:  # the row number is the best stand-in for a log without epochs
-        x = pd.Series(np.arange(len(history)), index=history.index)
-    fig = _figure(10, 4)
-    loss_ax, metric_ax = fig.subplots(1, 2)
-    for ax, columns, ylabel in (
-        (loss_ax, ["train_loss", "val_loss"], "loss"),
-        (metric_ax, ["train_acc", "val_acc", "val_auc"], "metric"),
-    ):
-        if _plot_series(ax, x, history, columns):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8)
-        else:
-            _note(ax, f"no {ylabel} logged")
-    loss_ax.set_title("loss", fontsize=10)
-    metric_ax.set_title("accuracy / AUC", fontsize=10)
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def plot_histories(histories: pd.DataFrame, title: str = "Learning curves") -> Figure:
-    """Several models' per-epoch curves on shared axes: loss (train dashed, val solid), validation AUC and ACC.
-
-    ``histories`` is a long table with a ``model`` column and ``plot_history``'s columns.
-    """
-    fig = _figure(14, 4)
-    axes = fig.subplots(1, 3)
-    for index, (model, frame) in enumerate(histories.groupby("model", sort=False)):
-        colour = f"C{index}"
-        x = pd.to_numeric(frame["epoch"], errors="coerce")
-        for ax, column, style in (
-            (axes[0], "train_loss", "--"),
-            (axes[0], "val_loss", "-"),
-            (axes[1], "val_auc", "-"),
-            (axes[2], "val_acc", "-"),
-        ):
-            if column in frame and frame[column].notna().any():
-                keep = frame[column].notna()
-                label = f"{model} {column.split('_')[0]}" if ax is axes[0] else model
-                ax.plot(x[keep], frame[column][keep], style, color=colour, marker="o", markersize=2, label=label)
-    for ax, name in zip(axes, ("loss (train --, val -)", "validation AUC", "validation ACC"), strict=True):
-        ax.set_xlabel("epoch")
-        ax.set_title(name, fontsize=10)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        else:
-            _note(ax, "nothing logged")
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def plot_size_curve(df: pd.DataFrame, title: str = "Learning curve vs training-set size") -> Figure:
-    """Train and validation error vs number of training images (log x), validation AUC on a twin axis."""
-    df = df.sort_values("n_train").reset_index(drop=True)
-    x = pd.to_numeric(df["n_train"], errors="coerce")
-    fig = _figure(6.5, 4.2)
-    ax = fig.subplots()
-    drawn = _plot_series(ax, x, df, ["train_error", "val_error"])
-    ax.set_xscale("log")
-    sizes = x.dropna().unique()
-    ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes], fontsize=8)  # the measured sizes, not powers of ten
-    ax.minorticks_off()
-    ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("error")
-    handles, labels = ax.get_legend_handles_labels()
-    if "val_auc" in df and df["val_auc"].notna().any():
-        twin = ax.twinx()
-        keep = df["val_auc"].notna()
-        twin.plot(x[keep], df["val_auc"][keep], "s--", color="tab:green", markersize=3, label="val_auc")
-        twin.set_ylabel("validation AUC")
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    if handles:
-        # below the axes: "best" ignores the twin axis' line and would cover it
-        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
-    elif not drawn:
-        _note(ax, "no errors logged")
-    ax.set_title(title, fontsize=10)
-    return fig
-
-
-def read_size_curve(df: pd.DataFrame, min_drop_points: float = MIN_DROP_POINTS) -> str:
-    """One sentence reading the size curve: is validation error still falling, and how big is the train/val gap?
-
-    Errors are fractions in [0, 1]; "points" are percentage points. The slope is the least-squares drop in
-    validation error per doubling of n_train over the last doubling (points with n_train >= max / 2), or
-    between the last two sizes when the last doubling holds a single point. The curve counts as still falling
-    when that drop is at least ``min_drop_points`` (default 1 point; see MIN_DROP_POINTS for why).
-    """
-    rows = df.dropna(subset=["n_train", "train_error", "val_error"]).sort_values("n_train")
-    if len(rows) < 2 or rows["n_train"].nunique() < 2:
-        raise ValueError("need at least two training-set sizes with train_error and val_error")
-    errors = rows[["train_error", "val_error"]].to_numpy(dtype=float)
-    if errors.min() < 0 or errors.max() > 1:
-        raise ValueError("train_error and val_error must be fractions in [0, 1]")
-    n = rows["n_train"].to_numpy(dtype=float)
-    val = rows["val_error"].to_numpy(dtype=float) * 100
-    gap = (rows["val_error"].iloc[-1] - rows["train_error"].iloc[-1]) * 100
-    last = n >= n[-1] / 2
-    if np.unique(n[last]).size < 2:
-        last = np.arange(len(n)) >= len(n) - 2
-    slope = np.polyfit(np.log2(n[last]), val[last], 1)[0]  # points of error per doubling (negative = falling)
-    drop = -slope
-    if drop >= min_drop_points:
-        return (
-            f"Validation error still falls by {drop:.1f} points per doubling of the data and the train/val gap "
-            f"is {gap:.1f} points: more data would likely help."
-        )
-    trend = f"falls by only {drop:.1f}" if drop >= 0 else f"rises by {-drop:.1f}"
-    return (
-        f"Validation error is flat ({trend} points per doubling of the data) and the train/val gap is "
-        f"{gap:.1f} points: more data is unlikely to help much."
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 9. Writing figures
-# --------------------------------------------------------------------------------------------------------------
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Write ``fig`` (format from the suffix, PNG usually), creating parent folders, then release it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    # Figures from this module are outside pyplot; one a caller made with pyplot must also leave its registry.
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(fig)
-    fig.clear()
-    return path

@@ -102,3 +102,16 @@ def augment_images(
             if i % 256 == 255:
                 advance(256)
         advance(len(images) % 256)
+
+
+def preview_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n_copies: int = 7) -> Any:
+    """A figure of a few training images (rows), each beside its first augmented copies, for a person to check."""
+    from medmnist_pipeline.figures import image_grid
+
+    copies = len(augmented)
+    picks = np.linspace(0, len(images) - 1, n_images).astype(int)
+    rows = [(f"#{i}", np.stack([images[i], *augmented[:n_copies, i]])) for i in picks]
+    shown = min(copies, n_copies)
+    title = f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
+    titles = ["original"] + [f"copy {k + 1}" for k in range(shown)]
+    return image_grid(rows, title, columns=1 + shown, column_titles=titles)

@@ -7,18 +7,14 @@ impossible values stop the stage with one readable message naming the full key, 
 
 from __future__ import annotations
 
-import difflib
-import re
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medmnist_pipeline.config_io import is_section, read_yaml, unwrap, validate
 from medmnist_pipeline.errors import ParamsError
-from medmnist_pipeline.metadata import DATASETS, TASKS
+from medmnist_pipeline.metadata import DATASETS, MULTI_LABEL, TASKS
 
 Flag = Literal[
     "pathmnist",
@@ -76,7 +72,7 @@ class DataParams(Section):
             missing = sorted({"path", "task", "labels"} - set(filled))
             if missing:
                 raise ValueError(f"@flag is 'custom', so @custom.{missing[0]} must be set")
-            if self.custom.task != "multi-label, binary-class" and len(self.custom.labels) < 2:
+            if self.custom.task != MULTI_LABEL and len(self.custom.labels) < 2:
                 raise ValueError("@custom.labels: a classification task needs at least 2 label names")
         elif filled:
             raise ValueError(
@@ -111,6 +107,15 @@ class AugmentParams(Section):
 # --- training (baseline and train share one schema: one training core) ------------------------------------
 
 
+# The one table of which model takes which option keys; build_model receives exactly these (ModelParams.options).
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "logreg": (),
+    "convnet": ("filters", "kernel_size", "convs_per_block", "blocks", "fc_layers", "fc_width", "dropout"),
+    "resnet18": ("stem",),
+    "resnet50": ("stem",),
+}
+
+
 class ModelParams(Section):
     name: Literal["logreg", "convnet", "resnet18", "resnet50"]
     # convnet only: [(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head
@@ -132,6 +137,10 @@ class ModelParams(Section):
         if self.freeze == "backbone" and self.init_from is None:
             raise ValueError("@freeze: 'backbone' needs @init_from (a trained checkpoint to keep)")
         return self
+
+    def options(self) -> dict[str, Any]:
+        """The keys of this section that the chosen architecture uses (MODEL_OPTIONS), for ``build_model``."""
+        return {key: getattr(self, key) for key in MODEL_OPTIONS[self.name]}
 
 
 class OptimizerParams(Section):
@@ -268,11 +277,11 @@ class TuneParams(Section):
 def _path_problem(model: type[BaseModel], parts: list[str]) -> str | None:
     """Why ``parts`` is not a leaf key of ``model`` (a tuning path must name one setting)."""
     for _i, part in enumerate(parts):
-        if not _is_section(model) or part not in model.model_fields:
-            allowed = ", ".join(model.model_fields) if _is_section(model) else "none (a setting has no sub-keys)"
+        if not is_section(model) or part not in model.model_fields:
+            allowed = ", ".join(model.model_fields) if is_section(model) else "none (a setting has no sub-keys)"
             return f"no key {part!r} there (allowed: {allowed})"
-        model = _unwrap(model.model_fields[part].annotation)
-    if _is_section(model):
+        model = unwrap(model.model_fields[part].annotation)
+    if is_section(model):
         return f"names a whole section; name one of its keys ({', '.join(model.model_fields)})"
     return None
 
@@ -362,35 +371,7 @@ class Params(Section):
         return self
 
 
-# --- loading ------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where ``1e-3`` is a string; DVC (YAML 1.2) reads it as a float. Agree with DVC."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found (run from the project root, or pass --params PATH)") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+# --- loading ---------------------------------------------------------------------------------------------
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -430,73 +411,3 @@ def check_trials_can_run(params: Params) -> None:
             "tune.storage: multi-device trials need an RDB storage (sqlite:///..., postgresql://...) "
             "for Optuna's pruning callback under DDP"
         )
-
-
-def validate(model: type[BaseModel], raw: Any, source: str, prefix: tuple[str | int, ...] = ()) -> Any:
-    """Validate ``raw`` against ``model``; errors name keys as ``prefix.key`` (prefix: where ``raw`` lives)."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        lines = [format_error(model, prefix, err) for err in exc.errors()]
-        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
-
-
-def dotted(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def format_error(model: type[BaseModel], prefix: tuple[str | int, ...], err: dict[str, Any]) -> str:
-    loc = tuple(err["loc"])
-    key, value, kind = dotted(prefix + loc), err.get("input"), err["type"]
-    if kind == "literal_error":
-        return f"{key}: {value!r} is not one of {err['ctx']['expected']}"
-    if kind == "extra_forbidden":
-        allowed = _fields_at(model, loc[:-1])
-        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        return f"{key}: unknown key (allowed: {', '.join(allowed)}){hint}"
-    if kind == "missing":
-        return f"{key}: missing; every key must be set explicitly in params.yaml"
-    if kind == "value_error":
-        # Our own checks write keys relative to their section as "@key"; expand them to full paths.
-        msg = str(err["ctx"]["error"])
-        return _expand_keys(msg, key) if "@" in msg else f"{key}: {msg}"
-    return f"{key}: {err['msg'].lower()} (got {value!r})"
-
-
-def _expand_keys(message: str, key: str) -> str:
-    """Our validators name keys relative to their section as ``@name`` or ``@[i]``; make those full paths."""
-
-    def full(match: re.Match) -> str:
-        return f"{key}[" if match.group(1) else (f"{key}." if key else "")
-
-    return re.sub(r"@(\[)?", full, message)
-
-
-def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
-    """The allowed keys of the section at ``loc`` (for 'unknown key' messages)."""
-    for part in loc:
-        if not _is_section(model):
-            return []
-        if isinstance(part, str) and part in model.model_fields:  # other parts: list indices, dict keys
-            model = _unwrap(model.model_fields[part].annotation)
-    return [f.alias or name for name, f in model.model_fields.items()] if _is_section(model) else []
-
-
-def _is_section(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, BaseModel)
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Peel Optional[...], list[...], dict[str, ...] and Annotated[...] down to the section model inside."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin in (Union, types.UnionType):
-            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-        elif origin in (list, dict, Annotated):
-            annotation = typing.get_args(annotation)[-1 if origin is not Annotated else 0]
-        else:
-            return annotation

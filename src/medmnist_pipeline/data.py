@@ -14,13 +14,14 @@ import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from medmnist_pipeline.config import DataParams
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
-from medmnist_pipeline.metadata import DATASETS, SPLITS
+from medmnist_pipeline.metadata import DATASETS, MULTI_LABEL, SPLITS
 
 MIRROR_ENV = "MEDMNIST_MIRROR"
 ARRAY_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
@@ -45,7 +46,7 @@ class DatasetMeta:
 
     @property
     def multi_label(self) -> bool:
-        return self.task == "multi-label, binary-class"
+        return self.task == MULTI_LABEL
 
 
 # --- fetching -----------------------------------------------------------------------------------------------
@@ -212,12 +213,19 @@ def _checked_labels(labels: np.ndarray, meta: DatasetMeta, what: str) -> np.ndar
     return labels.astype(np.int64)
 
 
+def npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from the header of an open ``.npy`` stream, without reading its data: the
+    size an array claims is known (and checked) before anything is decompressed."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(f)
+    return tuple(shape), bool(fortran_order), np.dtype(dtype)
+
+
 def _copy_images(source: Path, key: str, target: Path, meta: DatasetMeta) -> tuple[int, ...]:
     what = f"{source.name}: {key}"
     with zipfile.ZipFile(source) as zf, zf.open(f"{key}.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
+        shape, fortran_order, dtype = npy_header(f)
         if dtype != np.uint8:
             raise PipelineError(f"{what}: dtype {dtype}, expected uint8")
         expected_channels = meta.n_channels or (shape[3] if len(shape) == 4 else 1)
@@ -259,3 +267,14 @@ def class_counts(labels: np.ndarray, meta: DatasetMeta) -> dict[str, int]:
     """Images per class; for multi-label data, positives per label."""
     counts = labels.sum(axis=0) if meta.multi_label else np.bincount(labels[:, 0], minlength=meta.num_outputs)
     return {name: int(n) for name, n in zip(meta.labels, counts, strict=True)}
+
+
+def examples_per_class(
+    images: np.ndarray, labels: np.ndarray, meta: DatasetMeta, count: int = 8
+) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` images of each class (of each label's positives, for multi-label data), for a grid."""
+    rows = []
+    for index, name in enumerate(meta.labels):
+        chosen = (labels[:, index] == 1) if meta.multi_label else (labels[:, 0] == index)
+        rows.append((name, images[chosen.nonzero()[0][:count]]))
+    return rows

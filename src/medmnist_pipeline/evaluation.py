@@ -18,25 +18,12 @@ import torch
 
 from medmnist_pipeline.config import BootstrapParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta, load_split
+from medmnist_pipeline.datamodule import as_tensors
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.metadata import BINARY
 from medmnist_pipeline.metrics import bootstrap_ci, official_acc, official_auc
-from medmnist_pipeline.paths import MODELS_DIR, PREPARED_DIR
-from medmnist_pipeline.training import (
-    as_tensors,
-    export_model,
-    load_exported,
-    network_from_export,
-    predict_scores,
-    stratified_subset,
-)
-
-# model name in the report -> its file (written by the baseline, train and tune stages)
-MODEL_FILES = {
-    "baseline": MODELS_DIR / "baseline.ckpt",
-    "cnn": MODELS_DIR / "cnn.ckpt",
-    "tuned": MODELS_DIR / "tuned.ckpt",
-}
-RETRAIN_DIR = Path("checkpoints") / "evaluate"  # finished retrains, kept until the stage succeeds (resume)
+from medmnist_pipeline.modelfile import ModelFile
+from medmnist_pipeline.paths import MODEL_FILES, PREPARED_DIR, checkpoints_dir, retrains_dir
 
 
 @dataclass
@@ -53,23 +40,23 @@ def load_splits(meta: DatasetMeta, names: tuple[str, ...] = ("train", "val", "te
     return splits
 
 
-def load_models(meta: DatasetMeta) -> dict[str, dict[str, Any]]:
-    """The exported models, checked to belong to the prepared dataset (same file MD5 and size)."""
+def load_models(meta: DatasetMeta) -> dict[str, ModelFile]:
+    """The stages' model files, checked to belong to the prepared dataset (same file MD5 and size)."""
     models = {}
     for name, path in MODEL_FILES.items():
-        exported = load_exported(path)
-        if exported["dataset"]["md5"] != meta.md5 or exported["dataset"]["size"] != meta.size:
+        model = ModelFile.load(path)
+        if model.dataset.md5 != meta.md5 or model.dataset.size != meta.size:
             raise PipelineError(
-                f"{path} was trained on {exported['dataset']['flag']} {exported['dataset']['size']}px"
-                f" (MD5 {exported['dataset']['md5']}), not on the prepared {meta.flag} {meta.size}px;"
+                f"{path} was trained on {model.dataset.flag} {model.dataset.size}px"
+                f" (MD5 {model.dataset.md5}), not on the prepared {meta.flag} {meta.size}px;"
                 " run `dvc repro` to retrain it"
             )
-        models[name] = exported
+        models[name] = model
     return models
 
 
-def scores(exported: dict[str, Any], split: Split) -> np.ndarray:
-    return predict_scores(network_from_export(exported), split.images, exported["task"])
+def scores(model: ModelFile, split: Split) -> np.ndarray:
+    return model.predict(split.images)
 
 
 def split_metrics(labels: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, float]:
@@ -87,18 +74,30 @@ def metrics_with_ci(
     return out
 
 
+def score_models(
+    models: dict[str, ModelFile], splits: dict[str, Split], task: str, bootstrap: BootstrapParams, seed: int, log=print
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Each model's official test metrics with bootstrap intervals and its validation metrics (``metrics.json``'s
+    ``{model: {"test": {acc, auc, acc_ci, auc_ci}, "val": {acc, auc}}}``), and its test scores."""
+    metrics, test_scores = {}, {}
+    for name, model in models.items():
+        test_scores[name] = scores(model, splits["test"])
+        metrics[name] = {
+            "test": metrics_with_ci(splits["test"].labels, test_scores[name], task, bootstrap, seed),
+            "val": split_metrics(splits["val"].labels, scores(model, splits["val"]), task),
+        }
+        t = metrics[name]["test"]
+        log(
+            f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
+            f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
+        )
+    return metrics, test_scores
+
+
 def reference_rows(flag: str) -> pd.DataFrame:
     """The MedMNIST v2 benchmark rows (Yang et al. 2023, Table 3) for ``flag``: method, test_auc, test_acc."""
     table = pd.read_csv(resources.files("medmnist_pipeline").joinpath("medmnist_v2_benchmark.csv"))
     return table[table["dataset"] == flag].drop(columns="dataset").reset_index(drop=True)
-
-
-def history_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Per-epoch training histories of every model, one long table with a ``model`` column."""
-    long = pd.concat(
-        [pd.DataFrame(exported["history"]).assign(model=name) for name, exported in models.items()], ignore_index=True
-    )
-    return long[["model", *long.columns.drop("model")]]
 
 
 # --- retraining the tuned configuration ---------------------------------------------------------------------
@@ -106,7 +105,8 @@ def history_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 @dataclass
 class Retrained:
-    exported: dict[str, Any]  # as written by export_model: weights, facts, history, validation metrics
+    model: ModelFile
+    trained_indices: np.ndarray  # the training images it trained on
     seconds: float
 
 
@@ -129,14 +129,15 @@ def retrain(
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from medmnist_pipeline.fitting import CHECKPOINTS_DIR, fit, run_key
+    from medmnist_pipeline.fit import fit, run_key
     from medmnist_pipeline.tracking import experiment_id, flatten, tracking_uri
 
     key = f"{name}-{run_key(section, seed, meta, params.augment)}-{fraction:g}"
-    done = RETRAIN_DIR / f"{key}.ckpt"
-    if done.is_file():
-        return Retrained(load_exported(done), 0.0)
+    done, indices = retrains_dir() / f"{key}.ckpt", retrains_dir() / f"{key}.indices.npy"
+    if done.is_file() and indices.is_file():
+        return Retrained(ModelFile.load(done), np.load(indices, allow_pickle=False), 0.0)
     started = time.perf_counter()
+    checkpoint_dir = checkpoints_dir() / f"evaluate-{key}"
     run = mlflow.start_run(
         experiment_id=experiment_id(params),
         run_name=f"evaluate/{name}",
@@ -149,17 +150,16 @@ def retrain(
         logger = MLFlowLogger(
             experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
         )
-        result = fit(
-            section, seed, meta, CHECKPOINTS_DIR / f"evaluate-{key}", logger, train_fraction=fraction, progress=False
-        )
-        RETRAIN_DIR.mkdir(parents=True, exist_ok=True)
-        export_model(result.module, meta, result.val, done, history=result.history, run_id=run.info.run_id)
+        result = fit(section, seed, meta, checkpoint_dir, logger, train_fraction=fraction, progress=False)
+        retrains_dir().mkdir(parents=True, exist_ok=True)
+        np.save(indices, result.trained_indices.numpy())
+        result.model_file(meta, run.info.run_id).save(done)
         mlflow.end_run("FINISHED")
     except BaseException:
         mlflow.end_run("FAILED")
         raise
-    shutil.rmtree(CHECKPOINTS_DIR / f"evaluate-{key}", ignore_errors=True)
-    return Retrained(load_exported(done), time.perf_counter() - started)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return Retrained(ModelFile.load(done), np.load(indices, allow_pickle=False), time.perf_counter() - started)
 
 
 def size_curve(
@@ -168,7 +168,7 @@ def size_curve(
     meta: DatasetMeta,
     splits: dict[str, Split],
     fractions: list[float],
-    tuned: dict[str, Any],
+    tuned: ModelFile,
     parent_run_id: str | None,
     log=print,
 ) -> pd.DataFrame:
@@ -179,22 +179,19 @@ def size_curve(
     the same seed is the tuned model itself (its trial trained exactly this): no retrain.
     """
     rows = []
-    labels = torch.from_numpy(splits["train"].labels)
-    train_labels = labels.float() if meta.multi_label else labels[:, 0].long()  # as MedMNISTData holds them
+    everything = np.arange(len(splits["train"].labels))
     for fraction in sorted(fractions):
         retrained = (
-            Retrained(tuned, 0.0)
+            Retrained(tuned, everything, 0.0)
             if fraction == 1.0
             else retrain(
                 f"size-{fraction:g}", same_steps(section, fraction), params.seed, meta, params, fraction, parent_run_id
             )
         )
-        subset = (
-            stratified_subset(train_labels, fraction, params.seed) if fraction < 1 else torch.arange(len(train_labels))
-        )  # the images MedMNISTData trained on
-        train = Split(splits["train"].images[subset], splits["train"].labels[subset.numpy()])
-        train_m = split_metrics(train.labels, scores(retrained.exported, train), meta.task)
-        val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
+        subset = retrained.trained_indices
+        train = Split(splits["train"].images[torch.from_numpy(subset)], splits["train"].labels[subset])
+        train_m = split_metrics(train.labels, scores(retrained.model, train), meta.task)
+        val_m = split_metrics(splits["val"].labels, scores(retrained.model, splits["val"]), meta.task)
         rows.append(
             {
                 "fraction": fraction,
@@ -238,7 +235,7 @@ def seed_runs(
     meta: DatasetMeta,
     splits: dict[str, Split],
     seeds: list[int],
-    tuned: dict[str, Any],
+    tuned: ModelFile,
     parent_run_id: str | None,
     log=print,
 ) -> pd.DataFrame:
@@ -247,12 +244,12 @@ def seed_runs(
     rows = []
     for seed in seeds:
         retrained = (
-            Retrained(tuned, 0.0)
+            Retrained(tuned, np.arange(len(splits["train"].labels)), 0.0)
             if seed == params.seed
             else retrain(f"seed-{seed}", section, seed, meta, params, 1.0, parent_run_id)
         )
-        val_m = split_metrics(splits["val"].labels, scores(retrained.exported, splits["val"]), meta.task)
-        test_m = split_metrics(splits["test"].labels, scores(retrained.exported, splits["test"]), meta.task)
+        val_m = split_metrics(splits["val"].labels, scores(retrained.model, splits["val"]), meta.task)
+        test_m = split_metrics(splits["test"].labels, scores(retrained.model, splits["test"]), meta.task)
         rows.append(
             {
                 "seed": seed,
@@ -349,35 +346,37 @@ def error_analysis(
     """Write the error-analysis figures and per-class table of ``model`` to ``out_dir``; return the findings the
     report's sentences use (ECE, coverage at target accuracies, most confused pairs)."""
     from medmnist_pipeline import analysis as A
+    from medmnist_pipeline import calibration as C
+    from medmnist_pipeline.figures import save_figure
 
     labels = split.labels if A.is_multilabel(task) else split.labels[:, 0]
     where = f"{model}, test split"
     conf = A.confusion(labels, y_score, task, label_names)
-    A.save_figure(A.plot_confusion(conf, f"Confusion matrix ({where})"), out_dir / "confusion.png")
+    save_figure(A.plot_confusion(conf, f"Confusion matrix ({where})"), out_dir / "confusion.png")
     A.per_class_report(labels, y_score, task, label_names).to_csv(out_dir / "per_class.csv")
-    rel = A.reliability(labels, y_score, task, calibration_bins)
-    A.save_figure(A.plot_reliability(rel, f"Reliability ({where}), ECE {rel['ece']:.3f}"), out_dir / "reliability.png")
-    curve = A.coverage_curve(labels, y_score, task)
-    A.save_figure(A.plot_coverage(curve, f"Accuracy vs coverage ({where})"), out_dir / "coverage.png")
-    if task == "binary-class":
+    rel = C.reliability(labels, y_score, task, calibration_bins)
+    save_figure(C.plot_reliability(rel, f"Reliability ({where}), ECE {rel['ece']:.3f}"), out_dir / "reliability.png")
+    curve = C.coverage_curve(labels, y_score, task)
+    save_figure(C.plot_coverage(curve, f"Accuracy vs coverage ({where})"), out_dir / "coverage.png")
+    if task == BINARY:
         figure = A.plot_roc_pr(labels, y_score, f"ROC and precision-recall ({where})")
     else:  # per label, or per class one-vs-rest
         one_hot = labels if A.is_multilabel(task) else np.eye(len(label_names), dtype=int)[labels]
         unit = "label" if A.is_multilabel(task) else "class (one vs rest)"
         figure = A.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
-    A.save_figure(figure, out_dir / "auc_curves.png")
+    save_figure(figure, out_dir / "auc_curves.png")
     images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display
     for name, picked, title in (
         ("worst_errors", A.worst_errors(labels, y_score, task, gallery), "Most confidently wrong"),
         ("uncertain_correct", A.uncertain_correct(labels, y_score, task, gallery), "Least confident among the correct"),
     ):
         captions = A.gallery_captions(labels, y_score, task, label_names, picked)
-        A.save_figure(A.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
+        save_figure(A.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
     pairs = [] if A.is_multilabel(task) else A.most_confused_pairs(conf["counts"], label_names, k=3)
     return {
         "ece": rel["ece"],
         "confused_pairs": pairs,
-        "coverage": {target: A.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)},
+        "coverage": {target: C.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)},
     }
 
 
@@ -390,15 +389,15 @@ def registered_name(meta: DatasetMeta) -> str:
     return f"medmnist-{meta.flag}-{meta.size}"
 
 
-def register_tuned(tuned: dict[str, Any], meta: DatasetMeta, beats_baseline: bool) -> tuple[str, str]:
+def register_tuned(tuned: ModelFile, meta: DatasetMeta, beats_baseline: bool) -> tuple[str, str]:
     """Log the tuned model in the active (evaluate) run, register it as a new version of the dataset's model and,
     when it beats the baseline on validation, point the ``candidate`` alias at that version."""
     from mlflow import MlflowClient
 
-    from medmnist_pipeline.fitting import log_pytorch_model
+    from medmnist_pipeline.tracking import log_pytorch_model
 
     name = registered_name(meta)
-    info = log_pytorch_model(network_from_export(tuned), tuned["task"], tuned["labels"], meta, name)
+    info = log_pytorch_model(tuned, name)
     version = str(info.registered_model_version)
     if beats_baseline:
         MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, version)

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 ZENODO_URL = "https://zenodo.org/records/10519652/files/{flag}{suffix}.npz?download=1"
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
-TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
+# The four MedMNIST task types, spelled as medmnist's INFO spells them (and this project's model files).
+BINARY, MULTI_CLASS = "binary-class", "multi-class"
+MULTI_LABEL, ORDINAL = "multi-label, binary-class", "ordinal-regression"
+TASKS = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
+THRESHOLD = 0.5  # multi-label decision rule of the official evaluator: a label is predicted when p > THRESHOLD
 
 
 @dataclass(frozen=True)

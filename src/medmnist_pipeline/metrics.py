@@ -24,14 +24,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-BINARY, MULTI_CLASS, ORDINAL = "binary-class", "multi-class", "ordinal-regression"
-MULTI_LABEL = "multi-label, binary-class"
-TASKS = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
-
-
-def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Per-label sigmoid for multi-label data, softmax over classes otherwise (binary models have 2 outputs)."""
-    return torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=-1)
+from medmnist_pipeline.metadata import BINARY, MULTI_LABEL, TASKS, THRESHOLD
 
 
 def _checked(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +68,7 @@ def official_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     return float(np.mean(per_column))  # NaN if any column's AUC is
 
 
-def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
+def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = THRESHOLD) -> float:
     """``medmnist.evaluator.getACC``; shapes as in ``official_auc``."""
     y_true, y_score = _checked(y_true, y_score, task)
     if task == BINARY:

@@ -11,10 +11,11 @@ activation: the training diagnostics count dead units per ReLU that way.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 import torch
 from torch import nn
+
+from medmnist_pipeline.config import ModelParams
 
 
 class Network(nn.Module):
@@ -57,14 +58,6 @@ class ConvNet(Network):
         dropout: float,
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"convnet: kernel_size must be odd and positive for 'same' padding, got {kernel_size}")
-        if min(filters, convs_per_block, blocks, fc_width) < 1 or fc_layers < 0 or not 0 <= dropout < 1:
-            raise ValueError(
-                f"convnet: filters, convs_per_block, blocks and fc_width must be >= 1, fc_layers >= 0 "
-                f"and 0 <= dropout < 1 (got {filters}, {convs_per_block}, {blocks}, {fc_width}, "
-                f"{fc_layers}, {dropout})"
-            )
         conv_blocks, channels = [], in_channels
         for b in range(blocks):
             width, layers = filters * 2**b, []
@@ -192,31 +185,16 @@ class ResNet(Network):
 
 # --- construction and transfer ------------------------------------------------------------------------------
 
-CONVNET_OPTIONS = frozenset({"filters", "kernel_size", "convs_per_block", "blocks", "fc_layers", "fc_width", "dropout"})
-MODEL_OPTIONS: dict[str, frozenset[str]] = {
-    "logreg": frozenset(),
-    "convnet": CONVNET_OPTIONS,
-    "resnet18": frozenset({"stem"}),
-    "resnet50": frozenset({"stem"}),
-}
 
-
-def build_model(name: str, in_channels: int, num_outputs: int, image_size: int, **options: Any) -> Network:
-    """The network ``name`` with exactly its own options: none for ``logreg``, the ``ConvNet`` keyword arguments
-    for ``convnet``, ``stem`` for ``resnet18``/``resnet50``."""
-    if name not in MODEL_OPTIONS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_OPTIONS)}")
-    missing, extra = MODEL_OPTIONS[name] - options.keys(), options.keys() - MODEL_OPTIONS[name]
-    if missing or extra:
-        raise ValueError(
-            f"model {name!r} takes the options {sorted(MODEL_OPTIONS[name])}: "
-            f"missing {sorted(missing)}, unexpected {sorted(extra)}"
-        )
-    if name == "logreg":
+def build_model(model: ModelParams, in_channels: int, num_outputs: int, image_size: int) -> Network:
+    """The network ``model`` (a validated ``train.model`` section) describes, built from exactly the options
+    config.MODEL_OPTIONS gives its architecture: params validation is the one place that checks them."""
+    options = model.options()
+    if model.name == "logreg":
         return LogReg(in_channels, image_size, num_outputs)
-    if name == "convnet":
+    if model.name == "convnet":
         return ConvNet(in_channels, num_outputs, **options)
-    return ResNet(int(name.removeprefix("resnet")), in_channels, num_outputs, options["stem"])
+    return ResNet(int(model.name.removeprefix("resnet")), in_channels, num_outputs, **options)
 
 
 def replace_head(model: Network, num_outputs: int) -> None:

@@ -20,13 +20,12 @@ from typing import IO, Any
 import numpy as np
 
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.metadata import MULTI_LABEL, THRESHOLD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
 NPZ_KEY = "test_images"  # the MedMNIST layout's split to predict; a plain npz must hold exactly one array
 MLFLOW_SCHEMES = ("runs:/", "models:/")
-MULTI_LABEL = "multi-label, binary-class"
-THRESHOLD = 0.5  # multi-label: a label is predicted when its probability is above this
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -70,18 +69,17 @@ def load_model(spec: str, params_path: str | Path | None = None, batch_size: int
     """A model file of this project, or an MLflow model URI resolved in :func:`tracking_store`."""
     if is_mlflow_uri(spec):
         return _load_mlflow_model(spec, tracking_store(params_path), batch_size)
-    from medmnist_pipeline.training import load_exported, network_from_export, predict_scores
+    from medmnist_pipeline.modelfile import ModelFile, predict_scores
 
-    exported = load_exported(spec)
-    net = network_from_export(exported).to(_device())
-    task = exported["task"]
+    model = ModelFile.load(spec)
+    net = model.network().to(_device())
     return Model(
         spec,
-        list(exported["labels"]),
-        task,
-        int(exported["image_size"]),
-        int(exported["in_channels"]),
-        lambda x: predict_scores(net, x, task, batch_size),
+        list(model.labels),
+        model.task,
+        model.image_size,
+        model.in_channels,
+        lambda x: predict_scores(net, x, model.task, batch_size),
     )
 
 
@@ -229,15 +227,12 @@ def _npz_sources(path: Path, given: str) -> list[Source]:
 
 def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of one npz member from its .npy header, without decompressing the data."""
-    from numpy.lib import format as npy
+    from medmnist_pipeline.data import npy_header
 
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
-            version = npy.read_magic(f)
-            header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-            if header is not None:
-                shape, _, dtype = header(f)
-                return tuple(shape), np.dtype(dtype)
+            shape, _, dtype = npy_header(f)
+            return shape, dtype
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass
     with np.load(path, allow_pickle=False) as npz:  # other header versions: read the array itself

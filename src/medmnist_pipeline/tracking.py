@@ -7,25 +7,13 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medmnist_pipeline.config import Params, TrackingParams
+from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
-DB_NAME = "mlflow.db"
-ARTIFACTS_DIR = "mlruns"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The project root. ``dvc exp run --temp`` and ``--queue`` run stages in a copy under
-    ``<root>/.dvc/tmp/exps/``: their runs belong to the original project, so resolve to it."""
-    here = (start or Path.cwd()).resolve()
-    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), here)
-    parts = root.parts
-    for i in range(len(parts) - 1):
-        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
-            return Path(*parts[:i])
-    return root
+if TYPE_CHECKING:  # torch stays unimported for the light commands
+    from medmnist_pipeline.modelfile import ModelFile
 
 
 def tracking_uri(params: Params) -> str:
@@ -35,7 +23,7 @@ def tracking_uri(params: Params) -> str:
 def uri_of(tracking: TrackingParams | None) -> str:
     """``MLFLOW_TRACKING_URI`` (e.g. a team server) > ``tracking.uri`` > ``sqlite:///<root>/mlflow.db``."""
     configured = tracking.uri if tracking is not None else None
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{project_root() / DB_NAME}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{project_root() / MLFLOW_DB}"
 
 
 def _mlflow() -> Any:
@@ -59,7 +47,7 @@ def experiment_id(params: Params) -> str:
     if experiment is not None:
         return experiment.experiment_id
     local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
-    location = (project_root() / ARTIFACTS_DIR).as_uri() if local else None
+    location = (project_root() / MLRUNS).as_uri() if local else None
     try:  # the kind tag makes MLflow 3's UI open the experiment on its runs, not on the GenAI traces overview
         return mlflow.create_experiment(
             params.tracking.experiment,
@@ -148,3 +136,35 @@ def stage_run(
             flat = {k: v for k, v in flat.items() if k not in run.data.params}
         mlflow.log_params(flat)
         yield run
+
+
+def log_pytorch_model(model: ModelFile, registered_model_name: str | None = None) -> Any:
+    """The model as an MLflow PyTorch model that takes raw pixel values (0-255, float32, N x C x H x W) and
+    returns class probabilities, with an input example and the signature inferred from it."""
+    import logging
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from medmnist_pipeline.modelfile import ProbabilityModel
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its import (by mlflow.pytorch) resets INFO
+    wrapped = ProbabilityModel(model.network(), model.task)
+    example = np.zeros((2, model.in_channels, model.image_size, model.image_size), np.float32)
+    # metadata: what a caller needs to feed the model and name its outputs (medmnist-pipeline predict reads it)
+    metadata = {
+        "labels": list(model.labels),
+        "task": model.task,
+        "image_size": model.image_size,
+        "in_channels": model.in_channels,
+        "dataset": model.dataset.flag,
+    }
+    return mlflow.pytorch.log_model(
+        wrapped,
+        name="model",
+        input_example=example,
+        metadata=metadata,
+        registered_model_name=registered_model_name,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )

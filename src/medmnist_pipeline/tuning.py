@@ -25,12 +25,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from medmnist_pipeline.config import Distribution, Params, TrainParams, validate
+from medmnist_pipeline.config import Distribution, Params, TrainParams
+from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.tracking import flatten, project_root
+from medmnist_pipeline.paths import optuna_journal, trials_dir
+from medmnist_pipeline.tracking import flatten
 
-JOURNAL = Path("optuna") / "journal.log"  # under the project root; not a DVC output, so it survives repro
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -56,7 +57,7 @@ def storage_for(params: Params) -> Any:
     if url and "://" in url:
         # A heartbeat lets any worker mark the trials of a vanished worker as failed.
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-    path = Path(url) if url else project_root() / JOURNAL
+    path = Path(url) if url else optuna_journal()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
@@ -126,7 +127,7 @@ def _alive(pid: int) -> bool:
 def ask_lock() -> Iterator[None]:
     """Count-then-ask must be atomic across the workers of one machine, or two workers both start the last
     trial. (Workers on several machines share no file system lock; they may overshoot by one trial each.)"""
-    path = project_root() / JOURNAL.with_suffix(".ask.lock")
+    path = optuna_journal().with_suffix(".ask.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -188,7 +189,6 @@ def trial_train_params(params: Params, values: dict[str, Any]) -> TrainParams:
     tree = copy.deepcopy(params.train.model_dump())
     for path, value in {**params.tune.fixed, **values}.items():
         set_path(tree, path, value)
-    tree["resume"] = "never"  # a trial that dies is failed and replaced, not resumed
     return validate(TrainParams, tree, source="a tuning trial's train params", prefix=("train",))
 
 
@@ -202,7 +202,7 @@ def run_trial(
     params: Params,
     meta: DatasetMeta,
     parent_run_id: str,
-    trials_dir: Path,
+    folder: Path,
     log,
 ) -> None:
     """Train one trial in its own nested MLflow run and tell the study how it ended."""
@@ -210,9 +210,8 @@ def run_trial(
     from lightning.pytorch.loggers import MLFlowLogger
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from medmnist_pipeline.fitting import fit
+    from medmnist_pipeline.fit import fit
     from medmnist_pipeline.tracking import experiment_id, tracking_uri
-    from medmnist_pipeline.training import export_model
 
     started = time.perf_counter()
     values = {path: suggest(trial, path, dist) for path, dist in params.tune.space.items()}
@@ -237,12 +236,13 @@ def run_trial(
             experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run.info.run_id
         )
         pruning = PyTorchLightningPruningCallback(trial, monitor=params.tune.metric)
-        checkpoint_dir = trials_dir / f"trial-{trial.number}"
-        result = fit(section, params.seed, meta, checkpoint_dir, logger, callbacks=[pruning], progress=False)
+        checkpoint_dir = folder / f"trial-{trial.number}"
+        # resume=False: a trial that dies is failed and replaced, not resumed
+        result = fit(section, params.seed, meta, checkpoint_dir, logger, [pruning], progress=False, resume=False)
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
-        model_path = trials_dir / f"trial-{trial.number}.ckpt"
-        export_model(result.module, meta, result.val, model_path, result.history, run.info.run_id)
+        model_path = folder / f"trial-{trial.number}.ckpt"
+        result.model_file(meta, run.info.run_id).save(model_path)
         trial.set_user_attr("model_path", str(model_path))
         trial.set_user_attr("best_epoch", result.best["epoch"])
         mlflow.log_metric("trial/value", value)
@@ -263,7 +263,7 @@ def run_trial(
         mlflow.end_run("FAILED")
         verdict = f"FAILED ({' '.join(reason.split())[:200]})"
     finally:
-        shutil.rmtree(trials_dir / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
+        shutil.rmtree(folder / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
     best = _best_value(study)
     shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items())
     log(f"trial {trial.number:3d} [{shown}] -> {verdict}; {time.perf_counter() - started:5.1f} s; best so far {best}")
@@ -292,8 +292,8 @@ def _best_value(study: optuna.Study) -> str:
 
 def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_id: str, log=print) -> None:
     """Run trials until the study holds ``n_trials`` finished ones (all workers together) or time runs out."""
-    trials_dir = project_root() / "optuna" / "trials" / study.study_name
-    trials_dir.mkdir(parents=True, exist_ok=True)
+    folder = trials_dir(study.study_name)
+    folder.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + params.tune.timeout_s if params.tune.timeout_s else float("inf")
     while time.monotonic() < deadline:
         with ask_lock():
@@ -304,7 +304,7 @@ def optimize(study: optuna.Study, params: Params, meta: DatasetMeta, parent_run_
                 break
             trial = study.ask()
             trial.set_user_attr("worker", worker_id())
-        run_trial(study, trial, params, meta, parent_run_id, trials_dir, log)
+        run_trial(study, trial, params, meta, parent_run_id, folder, log)
     if time.monotonic() >= deadline:
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
 
@@ -334,6 +334,33 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return study.best_trial
 
 
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    return {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+
+
+def best_params_yaml(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial) -> str:
+    """``reports/tune/best_params.yaml``: the full train section of the best trial, which evaluate retrains."""
+    import yaml
+
+    section = trial_train_params(params, best.params).model_dump()
+    header = (
+        f"# The train params of trial {best.number} of study {study.study_name} "
+        f"({params.tune.metric} {best.value:.4f})\n"
+    )
+    return header + yaml.safe_dump({"train": section}, sort_keys=False)
+
+
+def best_model_file(best: optuna.trial.FrozenTrial) -> Path:
+    """The best trial's own model file (its best epoch, selected on validation during the trial): no refit."""
+    source = best.user_attrs.get("model_path")
+    if not source or not Path(source).is_file():
+        raise PipelineError(
+            f"the best trial's model {source} is not on this machine (it ran in a worker "
+            "elsewhere); copy it here or run tune where the trials' files are shared"
+        )
+    return Path(source)
+
+
 def trials_table(study: optuna.Study) -> Any:
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
     frame["duration"] = frame["duration"].dt.total_seconds().round(1)
@@ -345,11 +372,11 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
     """Optuna's own matplotlib views of the study, as PNGs (each needs enough completed trials to exist)."""
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from medmnist_pipeline.figures import save_figure, use_agg_pyplot
+
+    use_agg_pyplot()
     from optuna.visualization import matplotlib as views
 
     saved = []
@@ -363,13 +390,10 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "experimental" notices
-                axes = view(study)
-                figure = np.ravel(axes)[0].figure
+                figure = np.ravel(view(study))[0].figure  # Optuna draws on pyplot; save_figure releases it
                 figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
                 figure.tight_layout()
-            figure.savefig(out_dir / f"{name}.png", dpi=110)
-            plt.close(figure)
-            saved.append(out_dir / f"{name}.png")
+            saved.append(save_figure(figure, out_dir / f"{name}.png", dpi=110))
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials with varying params
             log(f"plot {name} skipped: {exc}")
     return saved

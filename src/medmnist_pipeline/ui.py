@@ -23,7 +23,8 @@ from pathlib import Path
 
 from medmnist_pipeline.config import TrackingParams, load_section
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.tracking import ARTIFACTS_DIR, project_root, uri_of
+from medmnist_pipeline.paths import MLRUNS, project_root
+from medmnist_pipeline.tracking import uri_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -85,7 +86,7 @@ def server_command(uri: str, host: str, port: int) -> list[str]:
         uri,
         "--serve-artifacts",
         "--artifacts-destination",
-        str(project_root() / ARTIFACTS_DIR),
+        str(project_root() / MLRUNS),
         "--host",
         host,
         "--port",

@@ -7,15 +7,13 @@ import time
 
 import numpy as np
 
-from medmnist_pipeline.augment import augment_images
+from medmnist_pipeline.augment import augment_images, preview_grid
 from medmnist_pipeline.config import load_params
 from medmnist_pipeline.data import load_meta, load_split
+from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.files import atomic_dir
-from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, REPORTS_DIR
-from medmnist_pipeline.plots import image_grid
+from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, stage_run
-
-PREVIEW_IMAGES, PREVIEW_COPIES = 6, 7
 
 
 def main(params_path: str) -> None:
@@ -52,20 +50,8 @@ def main(params_path: str) -> None:
         rate = copies * len(images) / seconds if copies else 0.0
         print(f"augmented {copies} x {len(images)} training images in {seconds:.1f} s ({rate:,.0f} images/s)")
 
-        augmented = np.load(AUGMENTED_DIR / "train_images.npy", mmap_mode="r")
-        picks = np.linspace(0, len(images) - 1, PREVIEW_IMAGES).astype(int)
-        rows = [(f"#{i}", np.stack([images[i], *augmented[:PREVIEW_COPIES, i]])) for i in picks]
-        shown = min(copies, PREVIEW_COPIES)
-        title = (
-            f"training images and their augmented copies ({copies} made)" if copies else "no augmentation (copies: 0)"
-        )
-        preview = image_grid(
-            rows,
-            REPORTS_DIR / "augment" / "preview.png",
-            title,
-            columns=1 + shown,
-            column_titles=["original"] + [f"copy {k + 1}" for k in range(shown)],
-        )
+        augmented = np.load(AUGMENTED_DIR / "train_images.npy", mmap_mode="r", allow_pickle=False)
+        preview = save_figure(preview_grid(images, augmented), reports_dir("augment") / "preview.png")
 
         mlflow.log_metrics({"augment_images_per_s": rate, "augment_seconds": seconds})
         mlflow.log_artifact(str(preview), artifact_path="augment")

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 
 from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import class_counts, expected_meta, fetch, load_split, prepare
+from medmnist_pipeline.data import class_counts, examples_per_class, expected_meta, fetch, load_split, prepare
+from medmnist_pipeline.figures import image_grid, save_figure
 from medmnist_pipeline.files import atomic_dir
 from medmnist_pipeline.metadata import SPLITS
-from medmnist_pipeline.paths import PREPARED_DIR, RAW_DIR, REPORTS_DIR
-from medmnist_pipeline.plots import image_grid
+from medmnist_pipeline.paths import PREPARED_DIR, RAW_DIR, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, stage_run
-
-SAMPLES_PER_CLASS = 8
 
 
 def main(params_path: str) -> None:
     params = load_params(params_path)
-    reports = REPORTS_DIR / "data"
+    reports = reports_dir("data")
     with stage_run("download", params, sections=["data"]) as run:
         import mlflow
 
@@ -35,11 +33,10 @@ def main(params_path: str) -> None:
         (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
         images, labels = load_split(PREPARED_DIR, "train")
-        rows = []
-        for index, name in enumerate(meta.labels):
-            chosen = (labels[:, index] == 1) if meta.multi_label else (labels[:, 0] == index)
-            rows.append((name, images[chosen.nonzero()[0][:SAMPLES_PER_CLASS]]))
-        image_grid(rows, reports / "samples.png", f"{meta.flag} {meta.size}px: training images per class")
+        grid = image_grid(
+            examples_per_class(images, labels, meta), f"{meta.flag} {meta.size}px: training images per class"
+        )
+        save_figure(grid, reports / "samples.png")
 
         mlflow.log_metrics({f"n_{split}": meta.n_samples[split] for split in SPLITS})
         mlflow.log_artifacts(str(reports), artifact_path="data")

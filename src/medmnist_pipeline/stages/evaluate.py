@@ -7,24 +7,22 @@ import json
 import shutil
 
 from medmnist_pipeline.config import TrainParams, load_params, load_section
+from medmnist_pipeline.curves import history_frame, plot_size_curve, read_size_curve, write_learning_curves
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.evaluation import (
-    RETRAIN_DIR,
     comparison_table,
     error_analysis,
-    history_frame,
     load_models,
     load_splits,
-    metrics_with_ci,
     reference_rows,
     register_tuned,
-    scores,
+    score_models,
     seed_runs,
     seed_summary,
     size_curve,
-    split_metrics,
 )
-from medmnist_pipeline.paths import PREPARED_DIR, REPORTS_DIR, TUNED_PARAMS
+from medmnist_pipeline.figures import note_figure, save_figure
+from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, reports_dir, retrains_dir
 from medmnist_pipeline.report import ReportInputs, render
 from medmnist_pipeline.tracking import dataset_tags, stage_run
 
@@ -36,29 +34,14 @@ def main(params_path: str) -> None:
     meta = load_meta(PREPARED_DIR)
     models = load_models(meta)
     splits = load_splits(meta)
-    out = REPORTS_DIR / "evaluate"
-    run_ids = {name: exported["mlflow_run_id"] for name, exported in models.items()}
+    out = reports_dir("evaluate")
+    run_ids = {name: model.mlflow_run_id for name, model in models.items()}
     tags = {**dataset_tags(meta), **{f"evaluated.{name}.run_id": run_id for name, run_id in run_ids.items()}}
 
     with stage_run("evaluate", params, ["seed", "evaluate"], tags=tags) as run:
         import mlflow
 
-        from medmnist_pipeline import analysis as A
-
-        metrics, test_scores = {}, {}
-        for name, exported in models.items():
-            test_scores[name] = scores(exported, splits["test"])
-            metrics[name] = {
-                "test": metrics_with_ci(
-                    splits["test"].labels, test_scores[name], meta.task, settings.bootstrap, params.seed
-                ),
-                "val": split_metrics(splits["val"].labels, scores(exported, splits["val"]), meta.task),
-            }
-            t = metrics[name]["test"]
-            print(
-                f"{name:>8}: test AUC {t['auc']:.4f} [{t['auc_ci'][0]:.4f}, {t['auc_ci'][1]:.4f}], "
-                f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
-            )
+        metrics, test_scores = score_models(models, splits, meta.task, settings.bootstrap, params.seed)
         best = max(metrics, key=lambda name: metrics[name]["val"]["auc"])  # chosen on validation, never on test
 
         fractions = settings.learning_curve.fractions
@@ -77,21 +60,16 @@ def main(params_path: str) -> None:
         comparison.to_csv(out / "comparison.csv", index=False)
         seeds.to_csv(out / "seeds.csv", index=False)
 
-        histories = history_frame(models)
-        wide = histories.pivot_table(index="epoch", columns="model", sort=False)
-        wide.columns = [f"{model}_{column}" for column, model in wide.columns]
-        wide.reset_index().to_csv(out / "learning_curves.csv", index=False)
-        A.save_figure(
-            A.plot_histories(histories, f"Learning curves ({meta.flag} {meta.size}px)"), out / "learning_curves.png"
-        )
+        histories = history_frame({name: model.history for name, model in models.items()})
+        write_learning_curves(histories, out, f"Learning curves ({meta.flag} {meta.size}px)")
         sizes.to_csv(out / "size_curve.csv", index=False)
-        reading = A.read_size_curve(sizes) if len(sizes) >= 2 else None
-        A.save_figure(
-            A.plot_size_curve(sizes, "Training-set size curve (tuned configuration)")
+        reading = read_size_curve(sizes) if len(sizes) >= 2 else None
+        size_figure = (
+            plot_size_curve(sizes, "Training-set size curve (tuned configuration)")
             if len(sizes)
-            else _off_figure("evaluate.learning_curve.fractions is []"),
-            out / "size_curve.png",
+            else note_figure("not computed: evaluate.learning_curve.fractions is []")
         )
+        save_figure(size_figure, out / "size_curve.png")
 
         findings = error_analysis(
             splits["test"],
@@ -147,12 +125,4 @@ def main(params_path: str) -> None:
             f"evaluate: best on validation is {best}: test AUC {metrics[best]['test']['auc']:.4f}, "
             f"ACC {metrics[best]['test']['acc']:.4f}; report {out / 'report.md'}; MLflow run {run.info.run_id}"
         )
-    shutil.rmtree(RETRAIN_DIR, ignore_errors=True)  # finished: the next evaluate retrains in runs of its own
-
-
-def _off_figure(reason: str):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 1.5))
-    figure.text(0.5, 0.5, f"not computed: {reason}", ha="center", va="center")
-    return figure
+    shutil.rmtree(retrains_dir(), ignore_errors=True)  # finished: the next evaluate retrains in runs of its own

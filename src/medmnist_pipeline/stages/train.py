@@ -1,10 +1,68 @@
-"""train: the CNN of ``train.model`` on the augmented training data, selected on validation AUC."""
+"""train: the CNN of ``train.model`` on the augmented training data, selected on validation AUC.
 
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.fitting import train_stage
-from medmnist_pipeline.paths import MODELS_DIR, REPORTS_DIR
+The baseline stage is this stage on the ``baseline`` section (``run``): one training core, one set of outputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from medmnist_pipeline.config import Params, TrainParams, load_params
+from medmnist_pipeline.curves import plot_history
+from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.figures import save_figure
+from medmnist_pipeline.files import atomic_file
+from medmnist_pipeline.fit import fit, resumable_run
+from medmnist_pipeline.paths import PREPARED_DIR, model_file, reports_dir
 
 
 def main(params_path: str) -> None:
     params = load_params(params_path)
-    train_stage("train", params, params.train, MODELS_DIR / "cnn.ckpt", REPORTS_DIR / "train")
+    run("train", params, params.train)
+
+
+def run(stage: str, params: Params, section: TrainParams) -> None:
+    """Fit ``section``, then write the model file, validation metrics, history and curves, and log them."""
+    import mlflow
+
+    from medmnist_pipeline.tracking import log_pytorch_model
+
+    meta = load_meta(PREPARED_DIR)
+    with resumable_run(stage, params, section, meta) as started:
+        result = fit(
+            section, params.seed, meta, started.checkpoint_dir, started.logger, progress=started.writes_outputs
+        )
+        if not started.writes_outputs:  # another DDP rank: rank 0 writes
+            return
+        reports, path = reports_dir(stage), model_file(stage)
+        reports.mkdir(parents=True, exist_ok=True)
+        metrics = {
+            "val": result.val,
+            "best_epoch": result.best["epoch"],
+            "epochs": len(result.history),
+            "train_seconds": round(result.seconds, 1),
+        }
+        (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        result.history.to_csv(reports / "history.csv", index=False)
+        title = f"{stage}: {section.model.name} on {meta.flag} {meta.size}px"
+        save_figure(plot_history(result.history, title), reports / "curves.png")
+        trained = result.model_file(meta, started.run.info.run_id)
+        with atomic_file(path) as tmp:
+            trained.save(tmp)
+
+        best = result.best
+        mlflow.log_metrics(
+            {
+                "best/val_auc": best["auc"],
+                "best/val_acc": best["acc"],
+                "best/epoch": best["epoch"],
+                "train_seconds": result.seconds,
+            }
+        )
+        mlflow.log_artifacts(str(reports), artifact_path=stage)
+        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        log_pytorch_model(trained)
+        print(
+            f"{stage}: best validation AUC {best['auc']:.4f}, ACC {best['acc']:.4f} at epoch {best['epoch']} "
+            f"({result.seconds:.0f} s) -> {path}; MLflow run {started.run.info.run_id}"
+        )

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
-
-import yaml
-from optuna.trial import TrialState
 
 from medmnist_pipeline.config import check_trials_can_run, load_params
 from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.paths import MODELS_DIR, PREPARED_DIR, REPORTS_DIR
+from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, model_file, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
 from medmnist_pipeline.tuning import (
     FINISHED,
+    best_model_file,
+    best_params_yaml,
     best_trial,
     count,
     enqueue_train_values,
@@ -24,7 +22,7 @@ from medmnist_pipeline.tuning import (
     open_study,
     optimize,
     save_study_plots,
-    trial_train_params,
+    state_counts,
     trials_table,
     wait_for_other_workers,
 )
@@ -52,15 +50,10 @@ def main(params_path: str, worker: bool = False) -> None:
         return
 
     started = time.perf_counter()
-    reports = REPORTS_DIR / "tune"
+    reports, tuned = reports_dir("tune"), model_file("tune")
     tags = {**dataset_tags(meta), "tune.study": study.study_name}
-    with stage_run(
-        "tune",
-        params,
-        ["seed", "tune", "train"],
-        tags=tags,
-        run_id=existing_run(params, study.user_attrs.get("mlflow_parent_run_id")),
-    ) as run:
+    parent_run = existing_run(params, study.user_attrs.get("mlflow_parent_run_id"))
+    with stage_run("tune", params, ["seed", "tune", "train"], tags=tags, run_id=parent_run) as run:
         import mlflow
 
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
@@ -70,15 +63,10 @@ def main(params_path: str, worker: bool = False) -> None:
         wait_for_other_workers(study)
 
         best = best_trial(study)
-        best_params = trial_train_params(params, best.params).model_dump()
-        best_params["resume"] = params.train.resume
         reports.mkdir(parents=True, exist_ok=True)
-        (reports / "best_params.yaml").write_text(
-            f"# The train params of trial {best.number} of study {study.study_name} "
-            f"({params.tune.metric} {best.value:.4f})\n" + yaml.safe_dump({"train": best_params}, sort_keys=False)
-        )
+        TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
         trials_table(study).to_csv(reports / "trials.csv", index=False)
-        states = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        states = state_counts(study)
         trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
         metrics = {
             "best": {params.tune.metric: best.value, "trial": best.number},
@@ -88,16 +76,8 @@ def main(params_path: str, worker: bool = False) -> None:
         }
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_study_plots(study, reports)
-
-        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit.
-        MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        source = best.user_attrs.get("model_path")
-        if not source or not Path(source).is_file():
-            raise PipelineError(
-                f"the best trial's model {source} is not on this machine (it ran in a worker "
-                "elsewhere); copy it here or run tune where the trials' files are shared"
-            )
-        shutil.copyfile(source, MODELS_DIR / "tuned.ckpt")
+        tuned.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best_model_file(best), tuned)
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
@@ -105,5 +85,5 @@ def main(params_path: str, worker: bool = False) -> None:
         mlflow.log_artifacts(str(reports), artifact_path="tune")
         print(
             f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
-            f"-> {MODELS_DIR / 'tuned.ckpt'}, {reports}; MLflow run {run.info.run_id}"
+            f"-> {tuned}, {reports}; MLflow run {run.info.run_id}"
         )
