@@ -109,7 +109,7 @@ def test_fine_tuning_changes_the_backbone_at_its_own_learning_rate() -> None:
     torch.manual_seed(0)
     net = build_pretrained(LITE0, 1, 2, 28, "imagenet")
     groups = param_groups(net, lr=0.01, backbone_lr_factor=0.1)
-    assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.01])
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])  # head, backbone
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     fit_with_lightning(net, lr=0.01, backbone_lr_factor=0.1, epochs=1)
     weights = package_weights()
@@ -191,3 +191,132 @@ def test_bad_arguments_are_refused() -> None:
         PretrainedNet(LITE0, 2, 2, 28)
     with pytest.raises(PipelineError, match="at least 16 px"):
         PretrainedNet(LITE0, 1, 2, 8)
+
+
+# --- the pipeline: train stage, feature cache, exported model, predict, MLflow, params ----------------------------
+
+
+def lite0_params(repo_params: dict, source: Path, freeze: str, input_size: int, cache: bool) -> dict:
+    from test_training import tiny, use_custom
+
+    params = tiny(repo_params)
+    use_custom(params, source, "binary-class", ["no", "yes"])
+    params["train"]["model"].update(
+        name=LITE0, pretrained="imagenet", freeze=freeze, input_size=input_size, feature_cache=cache
+    )
+    params["train"]["batch_augment"] = {"flip": False, "translate": 0}
+    return params
+
+
+def train_stage(root: Path, params: dict) -> None:
+    from medmnist_pipeline.stages import train
+    from test_training import prepare
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        prepare(root, params)
+        train.main("params.yaml")
+
+
+@pytest.fixture(scope="module")
+def frozen_lite0(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> dict:
+    """The train stage: efficientnet_lite0, ImageNet weights, frozen backbone, feature cache, grey 28 px, 2 epochs
+    on the augment stage's copy."""
+    import mlflow
+    import yaml
+
+    from helpers import REPO, make_npz
+
+    root = tmp_path_factory.mktemp("lite0")
+    source = make_npz(root / "data.npz", counts=(64, 32, 8))
+    params = lite0_params(yaml.safe_load((REPO / "params.yaml").read_text()), source, "backbone", 28, True)
+    train_stage(root, params)
+    (run,) = mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]], output_format="list", filter_string="tags.stage = 'train'"
+    )
+    return {"root": root, "params": params, "model": root / "models/cnn.ckpt", "run_id": run.info.run_id}
+
+
+def test_train_stage_feature_extraction_writes_the_package_weights(frozen_lite0: dict) -> None:
+    from medmnist_pipeline.modelfile import ModelFile
+
+    exported = ModelFile.load(frozen_lite0["model"])
+    assert exported.model.name == LITE0 and exported.model.freeze == "backbone"
+    weights = package_weights()
+    prefix = "backbone.encoder.net."
+    backbone = {k.removeprefix(prefix): v for k, v in exported.state_dict.items() if k.startswith(prefix)}
+    assert backbone.keys() == {k for k in weights if not k.startswith("_fc.")}
+    assert all(torch.equal(v, weights[k]) for k, v in backbone.items())  # BatchNorm statistics included
+    assert exported.state_dict["head.weight"].shape == (2, 1280)
+
+
+def test_feature_cache_trains_the_same_head_as_a_backbone_forward_every_step(
+    frozen_lite0: dict, tmp_path: Path
+) -> None:
+    from medmnist_pipeline.modelfile import ModelFile
+
+    params = frozen_lite0["params"]
+    params["train"]["model"]["feature_cache"] = False
+    train_stage(tmp_path, params)
+    cached, naive = ModelFile.load(frozen_lite0["model"]), ModelFile.load(tmp_path / "models/cnn.ckpt")
+    torch.testing.assert_close(cached.state_dict["head.weight"], naive.state_dict["head.weight"], atol=1e-5, rtol=0)
+    assert cached.val["auc"] == pytest.approx(naive.val["auc"], abs=1e-6)
+
+
+def test_predict_a_png_with_a_pretrained_model_file_and_its_mlflow_model(frozen_lite0: dict, tmp_path: Path) -> None:
+    from medmnist_pipeline import cli
+    from medmnist_pipeline.modelfile import ModelFile
+
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    expected = ModelFile.load(frozen_lite0["model"]).predict(torch.from_numpy(pixels)[None, None])
+    for model in (frozen_lite0["model"], f"runs:/{frozen_lite0['run_id']}/model"):
+        out = tmp_path / "p.csv"
+        assert cli.main(["predict", "--model", str(model), "--out", str(out), str(tmp_path / "x.png")]) == 0
+        header, row = out.read_text().splitlines()
+        assert header == "file,predicted,p_no,p_yes"
+        np.testing.assert_allclose([float(v) for v in row.split(",")[2:]], expected[0], atol=2e-6)
+
+
+@pytest.mark.slow  # ~25 s of CPU; fine-tuning itself is covered above without the stage
+def test_train_stage_fine_tunes_an_rgb_dataset_at_a_larger_input_size(workdir: Path, repo_params: dict) -> None:
+    from helpers import make_npz
+    from medmnist_pipeline.modelfile import ModelFile
+
+    source = make_npz(workdir / "rgb.npz", channels=3, counts=(32, 16, 8))
+    params = lite0_params(repo_params, source, "none", 40, False)
+    params["train"]["max_epochs"] = 1
+    params["train"]["model"]["backbone_lr_factor"] = 0.1
+    train_stage(workdir, params)
+    exported = ModelFile.load(workdir / "models/cnn.ckpt")
+    assert exported.in_channels == 3 and exported.model.input_size == 40
+    stem = exported.state_dict["backbone.encoder.net._conv_stem.weight"]
+    assert not torch.equal(stem, package_weights()["_conv_stem.weight"])
+
+
+def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None:
+    from helpers import params_error, write_params
+    from medmnist_pipeline.config import load_params
+
+    model = repo_params["train"]["model"]
+    model.update(name="convnet", freeze="backbone", init_from=None)
+    assert "needs train.model.init_from" in params_error(tmp_path / "p.yaml", repo_params)
+    model.update(name=LITE0, pretrained="none")
+    assert "train.model.pretrained" in params_error(tmp_path / "p.yaml", repo_params)
+    model.update(pretrained="imagenet", input_size=8)
+    assert "train.model.input_size" in params_error(tmp_path / "p.yaml", repo_params)
+    model.update(input_size=64, freeze="none", feature_cache=True)
+    assert "feature_cache: true needs train.model.freeze" in params_error(tmp_path / "p.yaml", repo_params)
+    model.update(freeze="backbone")
+    repo_params["train"]["batch_augment"] = {"flip": True, "translate": 0}
+    assert "flip and translate must be off" in params_error(tmp_path / "p.yaml", repo_params)
+    repo_params["train"]["batch_augment"] = {"flip": False, "translate": 0}
+    # backbone, input size, freeze and the backbone's learning rate are searchable
+    repo_params["tune"]["space"] = {
+        "train.model.name": {"categorical": ["efficientnet_lite0", "efficientnet_lite1"]},
+        "train.model.input_size": {"categorical": [28, 64, 128]},
+        "train.model.freeze": {"categorical": ["backbone", "none"]},
+        "train.model.backbone_lr_factor": {"float": [0.01, 1.0], "log": True},
+    }
+    model.update(feature_cache=False)
+    load_params(write_params(tmp_path / "ok.yaml", repo_params))

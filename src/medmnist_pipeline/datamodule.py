@@ -9,7 +9,7 @@ batches an uninterrupted one would.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -82,6 +82,9 @@ class MedMNISTData(pl.LightningDataModule):
         self.prepared_dir, self.augmented_dir = Path(prepared_dir), augmented_dir
         self.batch_size, self.seed, self.train_fraction = batch_size, seed, train_fraction
         self.meta: DatasetMeta | None = None
+        # feature extraction (use_features): (copies, N, F) and (N, F) float features instead of the images
+        self.train_features: torch.Tensor | None = None
+        self.val_features: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.meta is not None:
@@ -97,6 +100,14 @@ class MedMNISTData(pl.LightningDataModule):
                 no_labels = np.zeros((copies.shape[1], 1), np.int64)
                 self.copies = torch.stack([as_tensors(c, no_labels, False)[0] for c in copies])
         self.train_subset = self._subset(self.train_y)
+
+    def use_features(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Feature extraction with a frozen backbone: from now on, batches hold ``encode(images)`` instead of
+        images, computed here once per image and per augmented copy rather than by a forward pass every epoch."""
+        if self.train_features is None:
+            sources = self.copies if len(self.copies) else self.train_x[None]
+            self.train_features = torch.stack([encode(images) for images in sources])
+            self.val_features = encode(self.val_x)
 
     def _subset(self, train_y: torch.Tensor) -> torch.Tensor:
         if self.train_fraction < 1.0:
@@ -121,7 +132,10 @@ class MedMNISTData(pl.LightningDataModule):
         # Called every epoch (reload_dataloaders_every_n_epochs=1): the order and the copy depend only on
         # (seed, epoch), so an interrupted run resumes exactly where it was.
         epoch = self.trainer.current_epoch if self.trainer else 0
-        images = self.copies[epoch % len(self.copies)] if len(self.copies) else self.train_x
+        if self.train_features is not None:
+            images = self.train_features[epoch % len(self.train_features)]
+        else:
+            images = self.copies[epoch % len(self.copies)] if len(self.copies) else self.train_x
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = self.train_subset[torch.randperm(len(self.train_subset), generator=generator)]
         return Batches(images, self.train_y, self._shard(order, equal=True), self.batch_size, drop_last=True)
@@ -129,4 +143,5 @@ class MedMNISTData(pl.LightningDataModule):
     def val_dataloader(self) -> Batches:
         # 2x the training batch: no gradients are kept, so twice the images fit (params.yaml says so at batch_size)
         order = self._shard(torch.arange(len(self.val_x)), equal=False)  # metrics gather every sample once
-        return Batches(self.val_x, self.val_y, order, self.batch_size * 2, drop_last=False)
+        images = self.val_features if self.val_features is not None else self.val_x
+        return Batches(images, self.val_y, order, self.batch_size * 2, drop_last=False)

@@ -9,8 +9,8 @@ A pretrained model is a ``models.Network``: ``backbone = Sequential(adapt, encod
 ``nn.Linear``. ``adapt`` (``InputAdapter``) is part of the model, so training, export, MLflow and predict all
 feed the same thing and the adaptation runs on the model's device.
 
-Feature extraction (``freeze_backbone``): the backbone's parameters stop taking gradients AND the backbone stays in
-eval mode (its BatchNorm keeps ImageNet's running statistics, drop-connect is off) even when Lightning calls
+Feature extraction (``models.freeze_backbone``): the backbone's parameters stop taking gradients AND the backbone
+stays in eval mode (its BatchNorm keeps ImageNet's running statistics, drop-connect is off) even when Lightning calls
 ``train()`` on the whole module every epoch. Its output then depends on the image alone, so
 ``compute_features`` can run it once per image (and per augmented copy) and the head trains on the cache.
 """
@@ -27,7 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.models import Network
+from medmnist_pipeline.modelfile import normalize
+from medmnist_pipeline.models import Network, freeze_backbone, param_groups
+
+__all__ = ["freeze_backbone", "param_groups"]  # re-exported: the transfer-learning API in one place
 
 CODE_PACKAGE = "efficientnet-lite-pytorch==0.1.0"
 
@@ -141,9 +144,8 @@ class LiteEncoder(nn.Module):
 
 
 class PretrainedNet(Network):
-    """A pretrained backbone (``adapt`` + ``encoder``) and a new linear head.
-
-    ``frozen`` (set by ``freeze_backbone``): the backbone stays in eval mode whatever ``train()`` says."""
+    """A pretrained backbone (``adapt`` + ``encoder``) and a new linear head (``models.freeze_backbone`` freezes
+    it for feature extraction, BatchNorm statistics included)."""
 
     def __init__(self, name: str, in_channels: int, num_outputs: int, input_size: int) -> None:
         super().__init__()
@@ -152,7 +154,7 @@ class PretrainedNet(Network):
         if input_size < 16:
             raise PipelineError(f"model.input_size must be at least 16 px for {name}, got {input_size}")
         spec = BACKBONES[name]
-        self.name, self.frozen = name, False
+        self.name = name
         self.backbone = nn.Sequential(
             OrderedDict(
                 adapt=InputAdapter(in_channels, input_size, spec.mean, spec.std),
@@ -160,12 +162,6 @@ class PretrainedNet(Network):
             )
         )
         self.head = nn.Linear(spec.features, num_outputs)
-
-    def train(self, mode: bool = True) -> PretrainedNet:
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()  # BatchNorm statistics and drop-connect frozen too, not only the weights
-        return self
 
 
 def load_backbone_weights(net: PretrainedNet, source: str) -> Path:
@@ -206,24 +202,6 @@ def build_pretrained(name: str, in_channels: int, num_outputs: int, input_size: 
     return net
 
 
-def freeze_backbone(net: PretrainedNet) -> None:
-    """Feature extraction: no gradients for the backbone and eval mode for it from now on (see ``train``)."""
-    net.backbone.requires_grad_(False)
-    net.frozen = True
-    net.train(net.training)
-
-
-def param_groups(net: Network, lr: float, backbone_lr_factor: float) -> list[dict]:
-    """Optimizer parameter groups for fine-tuning: the backbone at ``lr * backbone_lr_factor``, the head at ``lr``
-    (frozen parameters left out). A small factor keeps the pretrained features from being overwritten by the
-    large early gradients of the random head (catastrophic forgetting)."""
-    groups = [
-        {"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": lr * backbone_lr_factor},
-        {"params": [p for p in net.head.parameters() if p.requires_grad], "lr": lr},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 @torch.no_grad()
 def compute_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Features (N, F) of uint8 images (N, C, H, W) through a frozen backbone in eval mode, computed once: the
@@ -233,7 +211,6 @@ def compute_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
         raise PipelineError("compute_features needs a frozen backbone in eval mode (freeze_backbone)")
     device = next(backbone.parameters()).device
     out = [
-        backbone(images[i : i + batch_size].to(device).float().div_(127.5).sub_(1.0)).float()
-        for i in range(0, len(images), batch_size)
+        backbone(normalize(images[i : i + batch_size].to(device))).float() for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out)
