@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmnist_pipeline.metrics import official_acc, official_auc, scores_from_logits
-from medmnist_pipeline.models import build_model
+from medmnist_pipeline.models import ConvNet
 from medmnist_pipeline.pretrained import build_pretrained, compute_features, freeze_backbone, param_groups
 
 MIRROR = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
@@ -112,7 +112,7 @@ def main() -> None:
                         cpu, wall = time.process_time(), time.perf_counter()
                         torch.manual_seed(seed)
                         if mode == "scratch":
-                            model = build_model("convnet", 1, 2, size, **CONVNET)
+                            model = ConvNet(1, 2, **CONVNET)
                             resize = lambda x, s=size: (
                                 x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear")
                             )
