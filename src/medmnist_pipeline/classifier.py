@@ -22,7 +22,7 @@ from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.metrics import OfficialMetrics
 from medmnist_pipeline.modelfile import ModelFile, normalize, scores_from_logits
-from medmnist_pipeline.models import build_model, replace_head
+from medmnist_pipeline.models import Network, build_model, freeze_backbone, param_groups, replace_head
 
 
 def shift_and_flip(
@@ -72,10 +72,19 @@ class Classifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net.head(x) if x.ndim == 2 else self.net(x)  # (B, F): cached features (model.feature_cache)
+
+    def on_fit_start(self) -> None:
+        if self.model_params.feature_cache:  # the frozen backbone runs once per image here, not every epoch
+            from medmnist_pipeline.pretrained import compute_features
+
+            backbone, data = getattr(self.net, "_orig_mod", self.net).backbone, self.trainer.datamodule
+            data.use_features(lambda images: compute_features(backbone, images, 2 * data.batch_size))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
+        if images.ndim == 2:  # cached features: nothing to scale or augment
+            return images, labels
         x = normalize(images)
         augment = self.batch_augment
         if self.trainer.training and (augment.flip or augment.translate):
@@ -117,6 +126,7 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return build_optimization(
             self.net,
+            self.model_params.backbone_lr_factor,
             self.optimizer_params,
             self.schedule_params,
             self.trainer.max_epochs,
@@ -133,10 +143,15 @@ class DivergedError(PipelineError):
 
 
 def build_optimization(
-    net: nn.Module, optimizer: OptimizerParams, schedule: ScheduleParams, max_epochs: int, total_steps: int
+    net: Network,
+    backbone_lr_factor: float,
+    optimizer: OptimizerParams,
+    schedule: ScheduleParams,
+    max_epochs: int,
+    total_steps: int,
 ) -> dict[str, Any]:
-    params = [p for p in net.parameters() if p.requires_grad]
     lr, wd = optimizer.lr, optimizer.weight_decay
+    params = param_groups(getattr(net, "_orig_mod", net), lr, backbone_lr_factor)  # (unwrap torch.compile)
     if optimizer.name == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
     elif optimizer.name == "adamw":
@@ -156,7 +171,9 @@ def build_optimization(
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch", "name": "train/lr"},
         }
     if kind == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, int(total_steps)))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in params], total_steps=max(1, int(total_steps))
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     steps_per_epoch = max(1, int(total_steps) // max_epochs)
@@ -193,9 +210,8 @@ def build_classifier(section: TrainParams, meta: DatasetMeta, channels_last: boo
             module.net.head.load_state_dict(head)
         else:
             replace_head(module.net, len(meta.labels))
-        if section.model.freeze == "backbone":
-            for p in module.net.backbone.parameters():
-                p.requires_grad_(False)
+    if section.model.freeze == "backbone":  # an init_from checkpoint's or a pretrained package's backbone
+        freeze_backbone(module.net)
     if section.trainer.compile:
         module.net = torch.compile(module.net)
     return module

