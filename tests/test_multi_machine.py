@@ -167,16 +167,6 @@ def wait_for(condition, what: str, procs: list[subprocess.Popen]) -> object:
     return found
 
 
-class RepeatedConfigurationError(AssertionError):
-    """Two processes sampled the same values: every process seeds its sampler with ``params.seed`` (issue 14,
-    point 3, fixed on another branch). Only this check is expected to fail until that fix is merged."""
-
-
-@pytest.mark.xfail(
-    raises=RepeatedConfigurationError,
-    strict=True,  # once the sampler fix is merged this passes, and strict makes that XPASS fail: remove the mark then
-    reason="issue 14 point 3: parallel workers' samplers share params.seed and repeat each other's trials",
-)
 def test_three_machines_two_servers_one_killed_worker(
     tmp_path: Path, repo_params: dict, postgres: str, tracking_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,4 +254,4 @@ def test_three_machines_two_servers_one_killed_worker(
 
     configurations = {tuple(sorted(t.params.items())) for t in finished}
     if len(configurations) != N_TRIALS:
-        raise RepeatedConfigurationError(f"a configuration was tried twice: {[t.params for t in finished]}")
+        raise AssertionError(f"a configuration was tried twice: {[t.params for t in finished]}")
