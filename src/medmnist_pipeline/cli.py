@@ -129,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             from medmnist_pipeline import ui
 
             return ui.main(args.params, host=args.host, port=args.port)
-        from medmnist_pipeline.config import load_params
+        from medmnist_pipeline.config import check_trials_can_run, load_params
 
         # Refuse bad params before the stage's module imports torch, Lightning or Optuna (seconds): the stage
         # reads the file again, but only a valid file gets that far.
-        load_params(args.params)
+        checked = load_params(args.params)
+        if args.command == "tune":
+            check_trials_can_run(checked)
         stage = importlib.import_module(f"medmnist_pipeline.stages.{args.command}")
         if getattr(args, "worker", False):
             stage.main(args.params, worker=True)

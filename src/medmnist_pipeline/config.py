@@ -498,26 +498,13 @@ def _deep(info: ValidationInfo) -> bool:
 def _check_tune_against_train(tune: TuneParams, train: TrainParams) -> None:
     """Every value a trial can get is a valid value of its train key, checked now, not trial after trial:
     tune.fixed values, categorical choices and both ends of each range. (Combinations that break a cross-key rule,
-    such as onecycle with warmup epochs, stay trial failures: a search may well mix them.) And every searched
-    train.model.* option must be one that the trials' models use (MODEL_OPTIONS)."""
+    such as onecycle with warmup epochs, stay trial failures: a search may well mix them.)"""
     for key, value in tune.fixed.items():
         _check_trial_value(key, value, f"@tune.fixed.{key}")
     for key, dist in tune.space.items():
         values = dist.categorical if dist.categorical is not None else (dist.float_ or dist.int_)
         for value in values:
             _check_trial_value(key, value, f"@tune.space.{key}")
-    names = tune.space["train.model.name"].categorical if "train.model.name" in tune.space else None
-    models = names or [tune.fixed.get("train.model.name", train.model.name)]
-    for key in tune.space:
-        option = key.removeprefix("train.model.")
-        if key.startswith("train.model.") and any(option in used for used in MODEL_OPTIONS.values()):
-            ignoring = [m for m in models if option not in MODEL_OPTIONS.get(m, ())]
-            if ignoring:
-                uses = ", ".join(MODEL_OPTIONS[ignoring[0]]) or "none"
-                raise ValueError(
-                    f"@tune.space.{key}: {ignoring[0]} ignores {option} (it uses: {uses}); searching it would train "
-                    "identical models"
-                )
 
 
 def _check_trial_value(key: str, value: Any, where: str) -> None:
@@ -546,8 +533,28 @@ def load_section(path: str | Path, name: str, model: type[BaseModel]) -> Any:
     return validate(model, raw[name], source=str(path), prefix=(name,))
 
 
+def check_space_fits_models(params: Params) -> None:
+    """Every searched train.model.* option is one that the trials' models use (MODEL_OPTIONS): a ResNet ignores
+    filters and dropout, so searching them would train identical models. Checked by the tune stage only, so that a
+    train section switched to another model still trains before its tune.space is updated."""
+    tune, train = params.tune, params.train
+    names = tune.space["train.model.name"].categorical if "train.model.name" in tune.space else None
+    models = names or [tune.fixed.get("train.model.name", train.model.name)]
+    for key in tune.space:
+        option = key.removeprefix("train.model.")
+        if key.startswith("train.model.") and any(option in used for used in MODEL_OPTIONS.values()):
+            ignoring = [m for m in models if option not in MODEL_OPTIONS.get(m, ())]
+            if ignoring:
+                uses = ", ".join(MODEL_OPTIONS[ignoring[0]]) or "none"
+                raise ParamsError(
+                    f"tune.space.{key}: {ignoring[0]} ignores {option} (it uses: {uses}); searching it would train "
+                    "identical models"
+                )
+
+
 def check_trials_can_run(params: Params) -> None:
     """Checks that only matter to the tune stage (a train section made for DDP is fine for `train` itself)."""
+    check_space_fits_models(params)
     trainer = params.train.trainer
     fixed = params.tune.fixed
     devices = fixed.get("train.trainer.devices", trainer.devices)
