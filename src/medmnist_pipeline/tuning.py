@@ -591,3 +591,19 @@ def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials with varying params
             log(f"plot {name} skipped: {exc}")
     return saved
+
+
+def validation_noise(study: optuna.Study, best_model: Path, params: Params, meta: DatasetMeta) -> Any:
+    """The completed trials within one validation standard error (bootstrap SE of the metric for the best trial's
+    model on the validation split) of the best one: more than one means validation cannot decide among them."""
+    from medmnist_pipeline.comparison import VALIDATION_METRICS, bootstrap_se, search_noise
+    from medmnist_pipeline.data import load_split
+    from medmnist_pipeline.datamodule import as_tensors
+    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.paths import PREPARED_DIR
+
+    images, labels = load_split(PREPARED_DIR, "val")
+    y_score = ModelFile.load(best_model).predict(as_tensors(images, labels, meta.multi_label)[0])
+    se = bootstrap_se(labels, y_score, meta.task, VALIDATION_METRICS[params.tune.metric], 200, params.seed)
+    values = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return search_noise(values, se, params.tune.metric, params.tune.direction == "maximize")

@@ -24,6 +24,7 @@ from medmnist_pipeline.tuning import (
     save_study_plots,
     state_counts,
     trials_table,
+    validation_noise,
     wait_for_other_workers,
 )
 
@@ -64,7 +65,12 @@ def main(params_path: str, worker: bool = False) -> None:
 
         best = best_trial(study)
         check_search_finished(study, params, timed_out)
-        noise = _search_noise(study, best, params, meta)
+        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit;
+        # through MLflow when the trial ran on another machine.
+        tuned.parent.mkdir(parents=True, exist_ok=True)
+        source = fetch_trial_model(best, params, tuned)
+        print(f"{tuned}: trial {best.number}'s model, from {source}")
+        noise = validation_noise(study, tuned, params, meta)
         print(noise.sentence())
         reports.mkdir(parents=True, exist_ok=True)
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
@@ -81,11 +87,6 @@ def main(params_path: str, worker: bool = False) -> None:
         }
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_study_plots(study, reports)
-        # models/tuned.ckpt: the best trial's own model (selected on validation AUC during that trial), no refit;
-        # through MLflow when the trial ran on another machine.
-        tuned.parent.mkdir(parents=True, exist_ok=True)
-        source = fetch_trial_model(best, params, tuned)
-        print(f"{tuned}: trial {best.number}'s model, from {source}")
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
@@ -95,22 +96,3 @@ def main(params_path: str, worker: bool = False) -> None:
             f"tune: best {params.tune.metric} {best.value:.4f} (trial {best.number}); trials {states}; "
             f"-> {tuned}, {reports}; MLflow run {run.info.run_id}"
         )
-
-
-def _search_noise(study, best, params, meta):  # noqa: ANN001, ANN202
-    """The completed trials within one validation standard error (bootstrap SE of the metric for the best trial's
-    model on the validation split) of the best one: more than one means validation cannot decide among them."""
-    from optuna.trial import TrialState
-
-    from medmnist_pipeline.comparison import VALIDATION_METRICS, bootstrap_se, search_noise
-    from medmnist_pipeline.data import load_split
-    from medmnist_pipeline.datamodule import as_tensors
-    from medmnist_pipeline.modelfile import ModelFile
-    from medmnist_pipeline.tuning import best_model_file
-
-    images, labels = load_split(PREPARED_DIR, "val")
-    y_score = ModelFile.load(best_model_file(best)).predict(as_tensors(images, labels, meta.multi_label)[0])
-    metric = VALIDATION_METRICS[params.tune.metric]
-    se = bootstrap_se(labels, y_score, meta.task, metric, 200, params.seed)
-    values = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return search_noise(values, se, params.tune.metric, params.tune.direction == "maximize")
