@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medmnist_pipeline.config import ModelParams
 from medmnist_pipeline.batches import Batches, Resident
+from medmnist_pipeline.config import ModelParams
 from medmnist_pipeline.datamodule import label_tensor
 from medmnist_pipeline.modelfile import normalize
 from medmnist_pipeline.models import build_model
