@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medmnist_pipeline.batches import Batches, Resident
 from medmnist_pipeline.config import ModelParams
-from medmnist_pipeline.datamodule import Batches, as_tensors
+from medmnist_pipeline.datamodule import label_tensor
 from medmnist_pipeline.modelfile import normalize
 from medmnist_pipeline.models import build_model
 
@@ -127,11 +128,10 @@ def main() -> None:
     )
     print(f"reference (PIL Dataset + per-sample ToTensor/Normalize + DataLoader, fp32): {reference:8.1f} images/s")
 
-    x, y = as_tensors(images, labels, multi_label=False)
-    if args.device == "cuda":
-        x, y = x.pin_memory(), y.pin_memory()
+    # the in-RAM fast path of batches.py: the split as one uint8 tensor on the device (a GPU keeps it there)
+    source, y = Resident(images, args.device), label_tensor(labels, multi_label=False)
     generator = torch.Generator().manual_seed(0)
-    epochs = lambda: Batches(x, y, torch.randperm(len(x), generator=generator), args.batch_size, drop_last=True)  # noqa: E731
+    epochs = lambda: Batches(source, y, torch.randperm(len(y), generator=generator), args.batch_size, drop_last=True)  # noqa: E731
     prepare = (lambda b: normalize(b).contiguous(memory_format=torch.channels_last)) if args.fast else normalize
     ours = train(endless(epochs), args.steps, args.warmup, args.device, args.fast, prepare)
     mode = "channels_last + bf16 autocast" if args.fast else "fp32"

@@ -44,12 +44,21 @@ class PeakAnon:
     def __init__(self, pid: int | None = None, tree: bool = False, interval_s: float = 0.02) -> None:
         self.pid, self.tree, self.interval_s = pid or os.getpid(), tree, interval_s
         self.total = self.largest = 0
+        self.by_pid: dict[int, int] = {}  # each process's own peak
+        self.first_by_pid: dict[int, int] = {}  # ... and its first sample (a forked child: about its size at fork)
         self._stop = threading.Event()
 
     def sample(self) -> None:
         pids = descendants(self.pid) if self.tree else [self.pid]
         sizes = [anon_bytes(p) for p in pids]
+        for pid, size in zip(pids, sizes, strict=True):
+            self.by_pid[pid] = max(self.by_pid.get(pid, 0), size)
+            self.first_by_pid.setdefault(pid, size)
         self.total, self.largest = max(self.total, sum(sizes)), max(self.largest, max(sizes, default=0))
+
+    def growth(self, pid: int) -> int:
+        """How far one process grew above its first sample."""
+        return self.by_pid[pid] - self.first_by_pid[pid]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
