@@ -127,7 +127,7 @@ def project_params(repo_params: dict, postgres: str) -> dict:
             "sampler": "tpe",
             "pruner": {"name": "none", "startup_trials": 1, "warmup_epochs": 0},
             "storage": f"{postgres}/optuna",
-            "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0},
+            "fixed": {"train.max_epochs": 3, "train.early_stopping_patience": 0},
             "space": {
                 "train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True},
                 "train.model.filters": {"categorical": [4, 8]},
@@ -172,7 +172,8 @@ def test_three_machines_two_servers_one_killed_worker(
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)  # every process of every "machine" (README)
     params = project_params(repo_params, postgres)
-    source = make_npz(tmp_path / "source.npz", counts=(64, 32, 32))
+    # trials long enough (a few seconds each) that both workers join before the stage has run them all
+    source = make_npz(tmp_path / "source.npz", counts=(384, 64, 32))
     clones = {name: tmp_path / f"machine-{name}" for name in "ABC"}
     for clone in clones.values():  # each machine: its own checkout and its own copy of the data, prepared there
         (clone / ".dvc").mkdir(parents=True)
