@@ -97,6 +97,9 @@ def test_delong_matches_the_direct_computation() -> None:
     # hand toy: positives {3, 2}, negatives {1, 2}: AUC (1 + 1 + 1 + 0.5) / 4 = 0.875
     toy = K.delong_test(np.array([1, 1, 0, 0], bool), np.array([3, 2, 1, 2]), np.array([3, 2, 1, 2]))
     assert toy.auc_a == 0.875 and toy.p_value == 1.0
+    # a perfect ranking against a constant score (the floor): zero variance, a certain difference
+    perfect = K.delong_test(np.array([1, 1, 0, 0], bool), np.array([4, 3, 2, 1]), np.zeros(4))
+    assert (perfect.auc_a, perfect.auc_b, perfect.p_value) == (1.0, 0.5, 0.0)
 
 
 def test_useless_models_are_flagged_with_a_cause() -> None:

@@ -231,6 +231,18 @@ def test_reference_table_holds_the_benchmark_rows_of_every_2d_flag() -> None:
             {"error_analysis": {"gallery": 12, "calibration_bin": 15}},
             "evaluate.error_analysis.calibration_bin: unknown key",
         ),
+        (
+            {"robustness": {"corruptions": ["pixelate", "gausian_noise"], "severities": [1]}},
+            "evaluate.robustness.corruptions[1]: unknown corruption 'gausian_noise'; did you mean gaussian_noise",
+        ),
+        (
+            {"robustness": {"corruptions": ["pixelate"], "severities": [1, 6]}},
+            "evaluate.robustness.severities[1]: severity must be an integer from 1 to 5, got 6",
+        ),
+        (
+            {"robustness": {"corruptions": ["stain_deposit"], "severities": [1]}},
+            "evaluate.robustness.corruptions[0]: stain_deposit changes colour and cannot apply to pneumoniamnist's",
+        ),
     ],
 )
 def test_bad_evaluate_params(tmp_path: Path, repo_params: dict, change: dict, message: str) -> None:

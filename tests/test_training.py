@@ -50,6 +50,9 @@ def tiny(params: dict[str, Any], epochs: int = 2, copies: int = 1) -> dict[str, 
         params[section]["max_epochs"] = epochs
         params[section]["batch_size"] = 32
         params[section]["trainer"]["accelerator"] = "cpu"
+        # fp32: the exported model (predicting in fp32) must reproduce the validation metrics logged in training,
+        # which bf16 (train's default since issue 12) computes under autocast
+        params[section]["trainer"]["precision"] = 32
     params["train"]["model"].update(TINY_CONVNET)
     params["train"]["schedule"]["warmup_epochs"] = 0
     return params

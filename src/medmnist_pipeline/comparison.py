@@ -181,8 +181,9 @@ def delong_test(positive: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) 
     s01 = np.cov(np.stack([v01_a, v01_b]))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
     se = float(math.sqrt(max(var, 0.0)))
-    if se == 0:  # identical rankings: no evidence of any difference
-        return DeLong(auc_a, auc_b, 0.0, 0.0, 1.0)
+    if se == 0:  # no variance (e.g. a perfect score against a constant one): the difference is certain, or nil
+        same = math.isclose(auc_a, auc_b, abs_tol=1e-12)
+        return DeLong(auc_a, auc_b, 0.0, 0.0 if same else math.copysign(math.inf, auc_a - auc_b), 1.0 if same else 0.0)
     z = (auc_a - auc_b) / se
     return DeLong(auc_a, auc_b, se, float(z), float(2 * stats.norm.sf(abs(z))))
 
