@@ -25,8 +25,10 @@ from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import tune
+from medmnist_pipeline.study_report import fetch_trial_model
 from medmnist_pipeline.tracking import experiment_id
-from medmnist_pipeline.tuning import fail_stale_trials, fetch_trial_model, heartbeat, open_study
+from medmnist_pipeline.tuning import open_study
+from medmnist_pipeline.workers import fail_stale_trials, heartbeat
 from test_training import prepare, tiny, use_custom
 
 

@@ -18,6 +18,8 @@ of its corruptions raise at 28 px). This module follows its definitions and its 
 
 ``stain_deposit`` draws soft dark blots instead of the paper's ink masks (``inks.npz``, not redistributed here),
 ``motion_blur`` uses a one-sided Gaussian line kernel (ImageMagick's definition) instead of ImageMagick itself.
+
+(Over the project's ~400 lines because the per-dataset registry table is data: split it out only if it grows.)
 """
 
 from __future__ import annotations

@@ -9,16 +9,12 @@ the same study (``medmnist-pipeline tune --worker``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +26,23 @@ from medmnist_pipeline.config import Distribution, Params, TrainParams
 from medmnist_pipeline.config_io import validate
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.datamodule import DataPath
-from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
-from medmnist_pipeline.owners import dead_here, worker_id
+from medmnist_pipeline.owners import worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
 from medmnist_pipeline.tracking import flatten
+from medmnist_pipeline.workers import (
+    FINISHED,
+    GRACE_S,
+    HEARTBEAT_S,
+    ask_lock,
+    count,
+    fail_stale_trials,
+    heartbeat,
+    remove_dead_trials_state,
+)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A server database (workers on several machines): a running trial writes a heartbeat every HEARTBEAT_S seconds;
 # one silent for GRACE_S is the trial of a dead worker, and the next process that looks fails it.
-HEARTBEAT_S = 30
-GRACE_S = 120
 MODEL_ARTIFACT_DIR = "checkpoint"  # a trial run's model file: <run>/checkpoint/trial-N.ckpt (as train runs log it)
 
 
@@ -115,126 +117,6 @@ def open_study(params: Params, meta: DatasetMeta, worker: bool = False) -> optun
     return study
 
 
-def fail_stale_trials(study: optuna.Study, tracking: Any = None) -> list[int]:
-    """Trials left RUNNING by a dead process are marked FAIL: on this machine when their process is gone, on any
-    machine (server database) when their heartbeat stopped. Their MLflow runs, which the dead process could not
-    end, are ended KILLED with the reason (``tracking``: the Params whose tracking store holds them)."""
-    failed: dict[int, str] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get("worker", "")
-        if dead_here(owner) and _fail(study, trial._trial_id, f"worker {owner} died"):
-            failed[trial.number] = f"worker {owner} died"
-    rdb = _rdb(study)
-    if rdb is not None and rdb.heartbeat_interval:  # trials whose worker stopped beating, on any machine
-        running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        # (Optuna's public fail_stale_trials gives no way to record why; its stale-trial query is the same)
-        for trial_id in rdb._get_stale_trial_ids(study._study_id):
-            owner = running[trial_id].user_attrs.get("worker", "?") if trial_id in running else "?"
-            reason = f"worker {owner} stopped its heartbeat for over {rdb.grace_period} s"
-            if trial_id in running and _fail(study, trial_id, reason):
-                failed[running[trial_id].number] = reason
-    if failed and tracking is not None:
-        end_dead_trial_runs(study.study_name, failed, tracking)
-    return sorted(failed)
-
-
-def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The study's RDB storage (Optuna wraps it in a cache), or None for other storages."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
-def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
-    """FAIL a RUNNING trial; False if another process got there first (each dead trial is reported once)."""
-    try:
-        study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        return study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-        return False
-
-
-def end_dead_trial_runs(study_name: str, reasons: dict[int, str], tracking: Any) -> list[str]:
-    """End the MLflow runs of dead trials as KILLED, with a ``fail_reason`` tag: the process that would have
-    ended them is gone, and a run left RUNNING would look alive forever. Found by their tags, so a run is found
-    even if its process died before it could record the run id anywhere."""
-    from medmnist_pipeline.tracking import _mlflow, experiment_id
-
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient()
-    ended = []
-    for number, reason in reasons.items():
-        runs = client.search_runs(
-            [experiment_id(tracking)],
-            filter_string=f"tags.`tune.study` = '{study_name}' and tags.`tune.trial` = '{number}' "
-            "and attributes.status = 'RUNNING'",
-        )
-        for run in runs:
-            client.set_tag(run.info.run_id, "fail_reason", reason)
-            client.set_terminated(run.info.run_id, status="KILLED")
-            ended.append(run.info.run_id)
-    return ended
-
-
-@contextlib.contextmanager
-def ask_lock(study: optuna.Study) -> Iterator[None]:
-    """Count-then-ask must be atomic across all workers, or two workers both start the last trial. With a
-    PostgreSQL or MySQL study the lock is the database's own (an advisory lock named after the study), which holds
-    across machines; otherwise a file lock in the project, which holds across the processes of one machine."""
-    backend = _rdb(study)
-    dialect = backend.engine.dialect.name if backend is not None else None
-    if dialect in ("postgresql", "mysql"):
-        from sqlalchemy import text
-
-        key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:8], "big", signed=True)
-        take, release = {
-            "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
-            "mysql": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
-        }[dialect]
-        args = {"key": key, "name": f"optuna-ask-{study.study_name}"[:64]}
-        with backend.engine.connect() as connection:  # the lock belongs to this one connection
-            connection.execute(text(take), args)
-            try:
-                yield
-            finally:
-                connection.execute(text(release), args)
-        return
-    path = optuna_journal().with_suffix(".ask.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Optuna records heartbeats only inside ``study.optimize``; trials run with ask/tell record their own, so
-    that a worker that dies on another machine is noticed (``fail_stale_trials``)."""
-    storage = _rdb(study)
-    if storage is None or not storage.heartbeat_interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a missed beat is retried; the trial itself goes on
-                storage.record_heartbeat(trial._trial_id)
-            if stop.wait(storage.heartbeat_interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 # --- trials -------------------------------------------------------------------------------------------------
 
 
@@ -288,10 +170,6 @@ def trial_train_params(params: Params, values: dict[str, Any]) -> TrainParams:
     for path, value in {**params.tune.fixed, **values}.items():
         set_path(tree, path, value)
     return validate(TrainParams, tree, source="a tuning trial's train params", prefix=("train",))
-
-
-def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def run_trial(
@@ -449,161 +327,3 @@ def optimize(
         log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
         return True
     return False
-
-
-def remove_dead_trials_state(study: optuna.Study, folder: Path) -> list[str]:
-    """The resumable state (``trial-N/``) a killed process left in this project: trials are never resumed (a dead
-    one is failed and replaced), so a folder whose trial is no longer running is garbage. Model files stay."""
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    removed = []
-    for state in folder.glob("trial-*"):
-        number = state.name.removeprefix("trial-")
-        if state.is_dir() and number.isdigit() and int(number) not in running:
-            shutil.rmtree(state, ignore_errors=True)
-            removed.append(state.name)
-    return removed
-
-
-def wait_for_other_workers(study: optuna.Study, params: Params, log=print, poll_s: float = 2.0) -> None:
-    """The stage's outputs describe the whole study: wait for trials that other workers are still running."""
-    announced = False
-    while running := count(study, (TrialState.RUNNING,)):
-        if not announced:
-            log(f"waiting for {running} trial(s) still running in other workers")
-            announced = True
-        if stale := fail_stale_trials(study, params):
-            log(f"marked trial(s) {stale} failed: their worker died")
-        time.sleep(poll_s)
-
-
-def check_search_finished(study: optuna.Study, params: Params, timed_out: bool) -> None:
-    """The stage's outputs claim ``n_trials`` trials: fail (so DVC does not record the stage as done) when fewer
-    finished, e.g. because a worker was killed while the stage waited for it, unless ``tune.timeout_s`` ran out."""
-    finished = count(study, FINISHED)
-    if finished < params.tune.n_trials and not timed_out:
-        failed = count(study, (TrialState.FAIL,))
-        raise PipelineError(
-            f"only {finished} of tune.n_trials={params.tune.n_trials} trials finished ({failed} failed); "
-            "run the tune stage again to complete the study"
-        )
-
-
-# --- outputs ------------------------------------------------------------------------------------------------
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        reasons = {t.user_attrs.get("fail_reason", t.state.name) for t in study.get_trials(deepcopy=False)}
-        raise PipelineError(
-            f"no tuning trial completed in study {study.study_name} "
-            f"({len(study.trials)} trials); reasons: {'; '.join(sorted(reasons))[:2000]}"
-        )
-    return study.best_trial
-
-
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    return {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-
-
-def best_params_yaml(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial) -> str:
-    """``reports/tune/best_params.yaml``: the full train section of the best trial, which evaluate retrains."""
-    import yaml
-
-    section = trial_train_params(params, best.params).model_dump()
-    header = (
-        f"# The train params of trial {best.number} of study {study.study_name} "
-        f"({params.tune.metric} {best.value:.4f})\n"
-    )
-    return header + yaml.safe_dump({"train": section}, sort_keys=False)
-
-
-def fetch_trial_model(trial: optuna.trial.FrozenTrial, params: Params, target: Path) -> str:
-    """Write ``trial``'s model file to ``target``: the local copy when this machine ran the trial (and its MD5 is
-    the one recorded), otherwise the artifact its MLflow run logged, so a worker on another machine is no
-    problem when the tracking server serves artifacts. Returns where the model came from, for the log."""
-    import tempfile
-
-    from medmnist_pipeline.tracking import _mlflow, tracking_uri
-
-    local, md5 = trial.user_attrs.get("model_path"), trial.user_attrs.get("model_md5")
-    run_id, artifact = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("model_artifact")
-    if local and Path(local).is_file() and (md5 is None or md5sum(local) == md5):  # (no md5: an older trial)
-        with atomic_file(target) as tmp:
-            shutil.copyfile(local, tmp)
-        return f"the local copy {local}"
-    if not (run_id and artifact):
-        raise PipelineError(
-            f"the model of trial {trial.number} is not on this machine ({local}) and its MLflow run did not log it "
-            "(a trial from before models were logged): rerun that trial, or copy its file here"
-        )
-    mlflow = _mlflow()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
-        try:
-            fetched = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=artifact, dst_path=scratch, tracking_uri=tracking_uri(params)
-            )
-        except Exception as exc:  # noqa: BLE001 - unreachable server, missing artifact, ...: one clear line
-            raise PipelineError(
-                f"cannot fetch the model of trial {trial.number} from MLflow run {run_id} ({artifact}): "
-                f"{' '.join(str(exc).split())[:300]}"
-            ) from None
-        if md5 is not None and md5sum(fetched) != md5:
-            raise PipelineError(f"the model of trial {trial.number} fetched from MLflow run {run_id} has the wrong MD5")
-        os.replace(fetched, target)
-    return f"MLflow run {run_id} ({artifact})"
-
-
-def trials_table(study: optuna.Study) -> Any:
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
-    frame["duration"] = frame["duration"].dt.total_seconds().round(1)
-    frame = frame.rename(columns=lambda c: c.replace("params_", "").replace("user_attrs_", ""))
-    internal = ("worker", "model_path", "model_md5", "model_artifact", "mlflow_run_id")
-    return frame.drop(columns=[c for c in internal if c in frame.columns])
-
-
-def save_study_plots(study: optuna.Study, out_dir: Path, log=print) -> list[Path]:
-    """Optuna's own matplotlib views of the study, as PNGs (each needs enough completed trials to exist)."""
-    import warnings
-
-    import numpy as np
-
-    from medmnist_pipeline.figures import save_figure, use_agg_pyplot
-
-    use_agg_pyplot()
-    from optuna.visualization import matplotlib as views
-
-    saved = []
-    for name, view in [
-        ("optimization_history", views.plot_optimization_history),
-        ("param_importances", views.plot_param_importances),
-        ("parallel_coordinate", views.plot_parallel_coordinate),
-        ("slice", views.plot_slice),
-        ("intermediate_values", views.plot_intermediate_values),
-    ]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" notices
-                figure = np.ravel(view(study))[0].figure  # Optuna draws on pyplot; save_figure releases it
-                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
-                figure.tight_layout()
-            saved.append(save_figure(figure, out_dir / f"{name}.png", dpi=110))
-        except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials with varying params
-            log(f"plot {name} skipped: {exc}")
-    return saved
-
-
-def validation_noise(study: optuna.Study, best_model: Path, params: Params, meta: DatasetMeta) -> Any:
-    """The completed trials within one validation standard error (bootstrap SE of the metric for the best trial's
-    model on the validation split) of the best one: more than one means validation cannot decide among them."""
-    from medmnist_pipeline.comparison import VALIDATION_METRICS, bootstrap_se, search_noise
-    from medmnist_pipeline.data import load_split
-    from medmnist_pipeline.datamodule import as_tensors
-    from medmnist_pipeline.modelfile import ModelFile
-    from medmnist_pipeline.paths import PREPARED_DIR
-
-    images, labels = load_split(PREPARED_DIR, "val")
-    y_score = ModelFile.load(best_model).predict(as_tensors(images, labels, meta.multi_label)[0])
-    se = bootstrap_se(labels, y_score, meta.task, VALIDATION_METRICS[params.tune.metric], 200, params.seed)
-    values = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return search_noise(values, se, params.tune.metric, params.tune.direction == "maximize")
