@@ -232,6 +232,9 @@ def test_two_workers_share_one_study(project: tuple[Path, dict]) -> None:
     workdir, params = project
     params["tune"]["n_trials"] = 6
     params["tune"]["sampler"] = "random"  # every trial is a fresh draw: repeats can only come from shared seeds
+    # trials of several seconds, so that the workers (~8 s to start) join before the stage has run all six
+    params["tune"]["fixed"] = {**params["tune"]["fixed"], "train.max_epochs": 8, "train.early_stopping_patience": 0}
+    params["tune"]["pruner"]["name"] = "none"
     write_params(workdir / "params.yaml", params)
     main = run_cli(workdir)
     wait_for(lambda: "mlflow_parent_run_id" in study_of(workdir).user_attrs)

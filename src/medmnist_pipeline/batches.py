@@ -378,7 +378,7 @@ class AugmentedBatches:
             yield from _prefetched(next_batch, len(self), depth=1)
         except PipelineError as exc:  # re-raised from a worker with its traceback in the message: keep one line
             error = PipelineError(str(exc).strip().splitlines()[-1].split("PipelineError: ", 1)[-1])
-        except RuntimeError as exc:
+        except (RuntimeError, EOFError, ConnectionError) as exc:
             error = worker_died(exc)
             if error is None:
                 raise
@@ -397,9 +397,12 @@ def worker_died(exc: BaseException) -> PipelineError | None:
     The CLI translates it too: a DataLoader driven from the main thread (Lightning's, for validation) raises it
     from torch's SIGCHLD handler, on whatever line the main thread is on.
     """
-    if not isinstance(exc, RuntimeError) or not str(exc).startswith("DataLoader worker"):
+    # A worker killed while handing over a batch in shared memory surfaces as EOFError/ConnectionError instead
+    lost_handover = isinstance(exc, EOFError | ConnectionError)
+    if not lost_handover and (not isinstance(exc, RuntimeError) or not str(exc).startswith("DataLoader worker")):
         return None
+    what = "its shared-memory hand-over broke" if lost_handover else str(exc).strip().splitlines()[0]
     return PipelineError(
-        f"a data loader worker process died ({str(exc).strip().splitlines()[0]}); it was killed or ran out of "
+        f"a data loader worker process died ({what}); it was killed or ran out of "
         f"memory. Lower {WORKERS_KEY} or the batch size, then run again (a resumable run resumes)."
     )
