@@ -1,4 +1,5 @@
-"""Reading params files and turning validation errors into messages that name the full key.
+"""Reading params files and turning validation errors into messages that name the full key; the strict ``Section``
+base class and the bounded number types every params section is built from.
 
 Generic over any pydantic section (the schema itself lives in config.py): ``read_yaml`` reads a file the way DVC
 does, ``validate`` validates a mapping and raises one ParamsError that lists every problem, e.g.
@@ -15,9 +16,23 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medmnist_pipeline.errors import ParamsError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+# Bounds a user could mean, so that an absurd value is a params error, not a crash deep inside torch or numpy.
+# Seeds: the per-epoch reseeding uses seed * 1000 + epoch + rank * 7919, which must stay below 2**32.
+Seed = Annotated[int, Field(ge=0, le=1_000_000)]
+Count = Annotated[int, Field(ge=0, le=10_000)]  # epochs, patience, trials, batches: far beyond any real run
+
+
+class Section(BaseModel):
+    """Strict: no unknown keys, no silent type coercion (``"28"`` is not 28, ``1`` is not ``true``)."""
+
+    # allow_inf_nan=False: .inf or .nan in a float key is refused (``timeout_s: .inf`` overflowed at download)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class _Loader(yaml.SafeLoader):
