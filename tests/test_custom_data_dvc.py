@@ -14,7 +14,7 @@ from test_pipeline_dvc import new_project, sh
 
 
 @pytest.mark.e2e
-@pytest.mark.slow  # ~40 s: a real `dvc repro` in a clone
+# (~40 s: a real `dvc repro` in a clone; runs by default: test the way users run it)
 def test_dvc_repro_download_of_custom_data_in_a_fresh_clone(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     source = make_npz(tmp_path / "elsewhere" / "mine.npz", task="multi-class", n_labels=3, counts=(30, 10, 10))
