@@ -61,7 +61,7 @@ def test_a_budget_below_a_few_batches_names_the_setting(workdir: Path, repo_para
     assert not (workdir / "models/baseline.ckpt").exists()
 
 
-# (two ddp_fork fits: 85 s on the loaded 2-core CPU; runs by default: the DDP memory check belongs in CI)
+@pytest.mark.slow  # two ddp_fork fits (85 s loaded); forked from a long pytest process, its ranks inherit its pages
 def test_ddp_ranks_on_a_mapped_split_stay_within_the_budget(workdir: Path, repo_params: dict) -> None:
     params = setup_data(workdir, repo_params, counts=(2_000, 40, 8))  # a 23 MiB training split, 2 copies
     params["baseline"]["trainer"].update({"devices": 2, "strategy": "ddp_fork", "deterministic": False})
