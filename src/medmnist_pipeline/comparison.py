@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from .metadata import BINARY, MULTI_LABEL
-from .metrics import _checked, official_acc, official_auc
+from .metrics import _checked, bootstrap_values, official_acc, official_auc
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray, str], float]] = {"auc": official_auc, "acc": official_acc}
 
@@ -266,13 +266,7 @@ def bootstrap_se(
     seed: int,
 ) -> float:
     """Standard error of ``metric`` on these images: the sd of its bootstrap distribution (NaN resamples skipped)."""
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    values = np.array(
-        [metric(y_true[idx], y_score[idx], task) for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
-    )
-    values = values[~np.isnan(values)]
+    values = bootstrap_values(y_true, y_score, task, metric, n_resamples, seed)
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 

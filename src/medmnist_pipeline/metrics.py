@@ -113,6 +113,27 @@ class OfficialMetrics(Metric):
         }
 
 
+def bootstrap_values(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    task: str,
+    metric: Callable[[np.ndarray, np.ndarray, str], float],
+    n_resamples: int,
+    seed: int,
+) -> np.ndarray:
+    """``metric`` on ``n_resamples`` bootstrap resamples of the images (seeded), NaN resamples dropped.
+
+    One resample at a time keeps the memory at O(N) on large test sets; the cost is the metric's.
+    """
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    values = np.array(
+        [metric(y_true[idx], y_score[idx], task) for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
+    )
+    return values[~np.isnan(values)]
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -125,17 +146,10 @@ def bootstrap_ci(
     """Percentile bootstrap interval of ``metric(y_true, y_score, task)`` over resampled test images.
 
     Resamples where the metric is NaN (e.g. an AUC with a class missing) are skipped; (NaN, NaN) if all are.
-    One resample at a time keeps the memory at O(N) on large test sets; the cost is the metric's.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    values = np.array(
-        [metric(y_true[idx], y_score[idx], task) for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
-    )
-    values = values[~np.isnan(values)]
+    values = bootstrap_values(y_true, y_score, task, metric, n_resamples, seed)
     if not len(values):
         return float("nan"), float("nan")
     tail = (1 - confidence) / 2 * 100
