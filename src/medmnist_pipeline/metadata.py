@@ -49,6 +49,21 @@ def size_suffix(size: int) -> str:
     return "" if size == 28 else f"_{size}"
 
 
+# The three OrganMNIST views (axial, coronal, sagittal) share their 11 labels.
+ORGAN_LABELS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
+
 DATASETS: dict[str, DatasetInfo] = {
     "pathmnist": DatasetInfo(
         flag="pathmnist",
@@ -230,19 +245,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "organamnist": DatasetInfo(
         flag="organamnist",
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=ORGAN_LABELS,
         n_channels=1,
         n_samples={"train": 34561, "val": 6491, "test": 17778},
         md5={
@@ -256,19 +259,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "organcmnist": DatasetInfo(
         flag="organcmnist",
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=ORGAN_LABELS,
         n_channels=1,
         n_samples={"train": 12975, "val": 2392, "test": 8216},
         md5={
@@ -282,19 +273,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "organsmnist": DatasetInfo(
         flag="organsmnist",
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=ORGAN_LABELS,
         n_channels=1,
         n_samples={"train": 13932, "val": 2452, "test": 8827},
         md5={
