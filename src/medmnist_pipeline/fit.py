@@ -117,6 +117,10 @@ def fit(
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_from if resume_from.is_file() else None)
     seconds = time.perf_counter() - started
+    if launch_rank() != 0:
+        # Another rank of a torchrun/SLURM job (possibly on another node, whose disk holds no checkpoint: only
+        # global rank 0 writes them). It writes nothing, so it returns what it has without reading the checkpoints.
+        return FitResult(module, pd.DataFrame(), {}, seconds, data.trained_indices())
 
     # The checkpoints hold what every strategy agrees on (with ddp_spawn the callbacks ran in child processes).
     best_path = checkpoint_dir / "best.ckpt"
