@@ -165,8 +165,11 @@ def test_files_folder_and_out_match_predict_scores(trained: dict, tmp_path: Path
     assert (tmp_path / "o/preds.csv").read_text() == out
 
 
-def test_large_stored_npz_is_memory_mapped(tmp_path: Path) -> None:
-    from medmnist_pipeline.predict import _open_member
+def test_large_npz_is_memory_mapped_or_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmnist_pipeline import predict
+    from medmnist_pipeline.predict import StreamedMember, _open_member
+
+    monkeypatch.setattr(predict, "STREAM_CHUNK_BYTES", 2 * 28 * 28)  # chunks of 2 images: 3 chunks, and restarts
 
     images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
     np.savez(tmp_path / "stored.npz", test_images=images)
@@ -175,8 +178,10 @@ def test_large_stored_npz_is_memory_mapped(tmp_path: Path) -> None:
         _open_member(tmp_path / "stored.npz", "test_images"),
         _open_member(tmp_path / "packed.npz", "test_images"),
     )
-    assert isinstance(stored, np.memmap) and not isinstance(packed, np.memmap)
-    assert np.array_equal(stored, images) and np.array_equal(packed, images)
+    assert isinstance(stored, np.memmap) and isinstance(packed, StreamedMember)
+    assert np.array_equal(stored, images)
+    order = [0, 1, 2, 3, 4, 2, 0, 4]  # forward, then back: the stream restarts from the beginning
+    assert all(np.array_equal(packed[i], images[i]) for i in order)
 
 
 def test_npz_inputs(trained: dict, tmp_path: Path, capsys) -> None:

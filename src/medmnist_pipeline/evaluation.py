@@ -18,7 +18,6 @@ import torch
 
 from medmnist_pipeline.config import BootstrapParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta, load_split
-from medmnist_pipeline.datamodule import as_tensors
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metadata import BINARY
 from medmnist_pipeline.metrics import bootstrap_ci, official_acc, official_auc
@@ -28,15 +27,20 @@ from medmnist_pipeline.paths import MODEL_FILES, PREPARED_DIR, checkpoints_dir, 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor  # uint8 (N, C, H, W): a view of the memory-mapped .npy (see load_splits), not a RAM copy
     labels: np.ndarray  # as stored: (N, 1) class index or (N, L) 0/1
 
 
 def load_splits(meta: DatasetMeta, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Split]:
+    """The prepared splits, images memory-mapped: scoring reads them a batch at a time, so anonymous memory holds
+    batches and scores, not the split (file-backed pages are shared and reclaimable). Copy-on-write maps: a tensor
+    view needs a writable array, and a stray write changes only a private page, never the file."""
     splits = {}
     for name in names:
-        images, labels = load_split(PREPARED_DIR, name)
-        splits[name] = Split(as_tensors(images, labels, meta.multi_label)[0], np.asarray(labels))
+        _, labels = load_split(PREPARED_DIR, name)
+        images = np.load(PREPARED_DIR / f"{name}_images.npy", mmap_mode="c", allow_pickle=False)
+        x = torch.from_numpy(images)  # no copy: the map itself
+        splits[name] = Split(x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1), np.asarray(labels))
     return splits
 
 
@@ -55,8 +59,14 @@ def load_models(meta: DatasetMeta) -> dict[str, ModelFile]:
     return models
 
 
-def scores(model: ModelFile, split: Split) -> np.ndarray:
-    return model.predict(split.images)
+def scores(model: ModelFile, split: Split, rows: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities for the split's images (or its ``rows``), scored a batch at a time: only the batch being
+    scored is read from the memory map into RAM."""
+    if rows is None:
+        return model.predict(split.images)
+    chunk = 4_096  # rows gathered into RAM at a time, in the order given (the labels' order)
+    parts = [model.predict(split.images[torch.from_numpy(rows[i : i + chunk])]) for i in range(0, len(rows), chunk)]
+    return np.concatenate(parts) if parts else model.predict(split.images[:0])
 
 
 def split_metrics(labels: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, float]:
@@ -193,8 +203,9 @@ def size_curve(
             )
         )
         subset = retrained.trained_indices
-        train = Split(splits["train"].images[torch.from_numpy(subset)], splits["train"].labels[subset])
-        train_m = split_metrics(train.labels, scores(retrained.model, train), meta.task)
+        train_m = split_metrics(
+            splits["train"].labels[subset], scores(retrained.model, splits["train"], subset), meta.task
+        )
         val_m = split_metrics(splits["val"].labels, scores(retrained.model, splits["val"]), meta.task)
         rows.append(
             {

@@ -4,9 +4,26 @@ them between processes and reclaims them under pressure."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import threading
 from pathlib import Path
+
+
+@functools.cache
+def return_large_blocks() -> bool:
+    """Make glibc give every block of 1 MiB or more back to the OS when it is freed (a fixed mmap threshold).
+
+    Why: glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which batch-sized
+    blocks come from the heap, where small long-lived allocations between them keep the freed space from being
+    returned. Measured when scoring 20,000 32 px RGB images in batches of 512: anonymous memory grew by 190 MiB
+    with the dynamic threshold and by 2 MiB with it fixed. Returns whether it applied (glibc only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators do not do this
+        return False
 
 
 def anon_bytes(pid: int | str = "self") -> int:

@@ -12,6 +12,7 @@ import csv
 import os
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,24 +269,80 @@ def _check_claim(
         )
 
 
-def _open_member(path: Path, key: str) -> np.ndarray:
-    """One npz member: memory-mapped when stored uncompressed (np.savez), so a large array is read a batch at a
-    time; decompressed into memory otherwise (np.savez_compressed), its size already checked against the file."""
+def _open_member(path: Path, key: str) -> Any:
+    """One npz member, indexable by image: memory-mapped when stored uncompressed (np.savez), streamed forward in
+    chunks when compressed (np.savez_compressed); either way a large array is never held whole in memory. Only a
+    Fortran-ordered member (not written by MedMNIST or np.savez of C arrays) is decompressed whole."""
     from medmnist_pipeline.data import npy_header
 
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")
-    if info.compress_type == zipfile.ZIP_STORED:
-        with open(path, "rb") as f:
-            f.seek(info.header_offset)
-            local = f.read(30)  # the local file header: its name and extra field lengths are at bytes 26-29
-            name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-            f.seek(info.header_offset + 30 + name_length + extra_length)
+        with archive.open(info) as f:
             shape, fortran_order, dtype = npy_header(f)
-            if not fortran_order and not dtype.hasobject:
-                return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=f.tell())
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[key]
+    if fortran_order or dtype.hasobject:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[key]
+    if info.compress_type != zipfile.ZIP_STORED:
+        return StreamedMember(path, f"{key}.npy", shape, dtype)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header: its name and extra field lengths are at bytes 26-29
+        name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        npy_header(f)
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=f.tell())
+
+
+# what a compressed npz member holds in memory at a time (images are read in order, so a chunk serves many batches)
+STREAM_CHUNK_BYTES = 16 << 20
+
+
+class StreamedMember:
+    """A compressed npz member read forward a chunk of images at a time (deflate cannot seek): ``predict`` asks for
+    images in ascending order, so memory holds one chunk, not the array; asking for an earlier image restarts the
+    stream from the beginning."""
+
+    def __init__(self, path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.rows_per_chunk = max(1, STREAM_CHUNK_BYTES // max(self.row_bytes, 1))
+        self._archive: zipfile.ZipFile | None = None
+        self._stream: Any = None
+        self._start, self._next = 0, 0  # the chunk's first image, the stream's next image
+        self._chunk = np.empty((0, *shape[1:]), dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _restart(self) -> None:
+        from medmnist_pipeline.data import npy_header
+
+        self.close()
+        self._archive = zipfile.ZipFile(self.path)
+        self._stream = self._archive.open(self.member)
+        npy_header(self._stream)
+        self._start, self._next = 0, 0
+        self._chunk = self._chunk[:0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(index)
+        if self._stream is None or index < self._start:
+            self._restart()
+        while index >= self._start + len(self._chunk):
+            n = min(self.rows_per_chunk, self.shape[0] - self._next)
+            data = self._stream.read(n * self.row_bytes)
+            if len(data) != n * self.row_bytes:
+                raise EOFError(f"the array ends after {self._next + len(data) // self.row_bytes} images")
+            self._chunk = np.frombuffer(data, self.dtype).reshape(n, *self.shape[1:])
+            self._start, self._next = self._next, self._next + n
+        return self._chunk[index - self._start]
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._stream.close()
+            self._archive.close()
+        self._archive = self._stream = None
 
 
 class Pixels:
@@ -293,7 +350,7 @@ class Pixels:
 
     def __init__(self, in_channels: int, size: int) -> None:
         self.in_channels, self.size = in_channels, size
-        self._npz: tuple[Path, str, np.ndarray] | None = None
+        self._npz: tuple[Path, str, Any] | None = None
 
     def __call__(self, source: Source) -> np.ndarray:
         from PIL import Image
@@ -301,7 +358,7 @@ class Pixels:
         if source.key is None:
             image = self._open(source)
         else:
-            array = self._array(source)[source.index]
+            array = self._row(source)
             array = np.moveaxis(array, 0, -1) if source.channels_first else array
             array = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
             if array.shape[:2] == (self.size, self.size) and (array.ndim == 2) == (self.in_channels == 1):
@@ -328,13 +385,13 @@ class Pixels:
             image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8), "L")
         return image
 
-    def _array(self, source: Source) -> np.ndarray:
-        if self._npz is None or self._npz[:2] != (source.path, source.key):
-            try:
+    def _row(self, source: Source) -> np.ndarray:
+        try:  # a compressed member is decompressed here, as the images are reached
+            if self._npz is None or self._npz[:2] != (source.path, source.key):
                 self._npz = (source.path, source.key, _open_member(source.path, source.key))
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged after its header was read
-                raise PipelineError(f"{source.path}[{source.key}]: cannot read this array ({_message(exc)})") from None
-        return self._npz[2]
+            return np.asarray(self._npz[2][source.index])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # damaged after its header
+            raise PipelineError(f"{source.path}[{source.key}]: cannot read this array ({_message(exc)})") from None
 
 
 def conversion_notes(sources: Sequence[Source], model: Model) -> list[str]:
