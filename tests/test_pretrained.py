@@ -322,3 +322,37 @@ def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None
     }
     model.update(feature_cache=False)
     load_params(write_params(tmp_path / "ok.yaml", repo_params))
+
+
+@pytest.mark.slow  # ~1 min of CPU (the features of 5,232 images); the synthetic-data train-stage test above runs in CI
+def test_feature_extraction_on_pneumoniamnist_keeps_the_imagenet_backbone(tmp_path: Path, mlflow_store: str) -> None:
+    """Issue 11's "done when", as a user runs it: the real `medmnist-pipeline` commands on PneumoniaMNIST-28 with
+    efficientnet_lite0, pretrained imagenet, freeze backbone: the model file's backbone is the package's weights."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from helpers import REPO, shared_file, write_params
+    from medmnist_pipeline.modelfile import ModelFile
+
+    mirror = shared_file("pneumoniamnist.npz").parent
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(flag="pneumoniamnist", size=28, mirror=str(mirror))
+    params["tracking"]["experiment"] = "done-when-issue-11"
+    params["augment"]["copies"] = 0
+    params["train"].update(augmented=False, max_epochs=2, early_stopping_patience=0)
+    params["train"]["model"].update(
+        name=LITE0, pretrained="imagenet", freeze="backbone", feature_cache=True, input_size=28
+    )
+    write_params(tmp_path / "params.yaml", params)
+    command = [sys.executable, "-m", "medmnist_pipeline"]
+    for stage in ("download", "train"):
+        subprocess.run([*command, stage], cwd=tmp_path, check=True, timeout=600)
+
+    exported = ModelFile.load(tmp_path / "models/cnn.ckpt")
+    assert (exported.dataset.flag, exported.model.input_size, exported.val["auc"] > 0.9) == ("pneumoniamnist", 28, True)
+    weights, prefix = package_weights(), "backbone.encoder.net."
+    backbone = {k.removeprefix(prefix): v for k, v in exported.state_dict.items() if k.startswith(prefix)}
+    assert backbone.keys() == {k for k in weights if not k.startswith("_fc.")}
+    assert all(torch.equal(v, weights[k]) for k, v in backbone.items())  # BatchNorm statistics included
