@@ -69,7 +69,7 @@ def main() -> None:
     splits = load_splits(meta, ("val", "test"))
     new = not args.out.exists()
     with args.out.open("a", newline="") as f:
-        out = csv.DictWriter(f, FIELDS)
+        out = csv.DictWriter(f, FIELDS, lineterminator="\n")
         if new:
             out.writeheader()
         for name in args.rows:
