@@ -173,7 +173,12 @@ def search_markdown(
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
-        *("| " + " | ".join(short_value(row[c], 4) for c in columns) + " |" for _, row in ranked.iterrows()),
+        *(
+            f"| {row['number']} | {row['value']:.4f} | "
+            + " | ".join(short_value(row[c], 4) for c in columns[2:])
+            + " |"
+            for _, row in ranked.iterrows()
+        ),
         "",
         *(f"![{p.stem}]({p.name})" for p in plots),
         "",
