@@ -9,6 +9,7 @@ Run from a project prepared for one dataset (``dvc repro augment`` with its ``da
 ``--out`` as each run ends, with the ``dvc exp run`` command that reproduces them:
 
     python bench/transfer_experiment.py --rows extract-28 extract-64 finetune-28 --seeds 42 43 44
+    python bench/transfer_experiment.py --summary transfer_experiment.csv   # the README's markdown table
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--max-epochs", type=int, help="override train.max_epochs of the fine-tuning rows")
     parser.add_argument("--out", type=Path, default=Path("transfer_experiment.csv"))
+    parser.add_argument("--summary", type=Path, help="print the markdown table of this CSV and stop")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
 
     params = load_params("params.yaml")
     meta = load_meta(PREPARED_DIR)
@@ -111,6 +116,45 @@ def main() -> None:
                 out.writerow(row)
                 f.flush()
                 print(row, flush=True)
+
+
+def summary(path: Path) -> str:
+    """Mean ± sd over the seeds per dataset and row, beside the MedMNIST v2 rows of each dataset."""
+    from importlib import resources
+
+    import pandas as pd
+
+    runs = pd.read_csv(path)
+    reference = pd.read_csv(resources.files("medmnist_pipeline") / "medmnist_v2_benchmark.csv")
+    lines = [
+        "| dataset | model | input px | seeds | test AUC | test ACC | val AUC | selected epochs | CPU s per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for flag, rows in runs.groupby("flag", sort=False):
+        for name, seeds in rows.groupby("row", sort=False):
+            mode, size = name.rsplit("-", 1)
+
+            def stat(column: str, seeds: pd.DataFrame = seeds) -> str:
+                return f"{seeds[column].mean():.3f} ± {seeds[column].std():.3f}"
+
+            lines.append(
+                f"| {flag} | {LABELS[mode]} | {size} | {len(seeds)} | {stat('test_auc')} | {stat('test_acc')} | "
+                f"{seeds['val_auc'].mean():.3f} | {', '.join(map(str, seeds['best_epoch']))} | "
+                f"{seeds['cpu_s'].mean():.0f} |"
+            )
+        for _, ref in reference[reference["dataset"] == flag].iterrows():
+            lines.append(
+                f"| {flag} | *MedMNIST v2: {ref['method']}* | | | *{ref['test_auc']:.3f}* | *{ref['test_acc']:.3f}* "
+                "| | | |"
+            )
+    return "\n".join(lines)
+
+
+LABELS = {
+    "scratch": "ConvNet from scratch (the train section)",
+    "extract": "EfficientNet-Lite0, feature extraction",
+    "finetune": "EfficientNet-Lite0, fine-tuning",
+}
 
 
 if __name__ == "__main__":
