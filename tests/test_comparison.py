@@ -123,6 +123,8 @@ def test_words() -> None:
     assert K.interval_words(-0.01, 0.02) == "cannot tell" and K.interval_words(0.01, 0.02) == "higher"
     assert K.interval_words(-0.03, -0.01) == "lower" and K.interval_words(math.nan, 1) == "cannot tell"
     assert K.quoted("drusen, early") == '"drusen, early"'
+    # a standard deviation of 0.0004 is not shown as 0.000
+    assert [K.spread(sd) for sd in (0.0, 0.0004, 0.0005, 0.0234)] == ["0.000", "0.0004", "0.001", "0.023"]
 
 
 def test_validation_noise_and_search_that_cannot_decide() -> None:

@@ -322,3 +322,96 @@ def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None
     }
     model.update(feature_cache=False)
     load_params(write_params(tmp_path / "ok.yaml", repo_params))
+
+
+@pytest.mark.slow  # ~1 min of CPU (the features of 5,232 images); the synthetic-data train-stage test above runs in CI
+def test_feature_extraction_on_pneumoniamnist_keeps_the_imagenet_backbone(tmp_path: Path, mlflow_store: str) -> None:
+    """Issue 11's "done when", as a user runs it: the real `medmnist-pipeline` commands on PneumoniaMNIST-28 with
+    efficientnet_lite0, pretrained imagenet, freeze backbone: the model file's backbone is the package's weights."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from helpers import REPO, shared_file, write_params
+    from medmnist_pipeline.modelfile import ModelFile
+
+    mirror = shared_file("pneumoniamnist.npz").parent
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(flag="pneumoniamnist", size=28, mirror=str(mirror))
+    params["tracking"]["experiment"] = "done-when-issue-11"
+    params["augment"]["copies"] = 0
+    params["train"].update(augmented=False, max_epochs=2, early_stopping_patience=0)
+    params["train"]["model"].update(
+        name=LITE0, pretrained="imagenet", freeze="backbone", feature_cache=True, input_size=28
+    )
+    write_params(tmp_path / "params.yaml", params)
+    command = [sys.executable, "-m", "medmnist_pipeline"]
+    for stage in ("download", "train"):
+        subprocess.run([*command, stage], cwd=tmp_path, check=True, timeout=600)
+
+    exported = ModelFile.load(tmp_path / "models/cnn.ckpt")
+    assert (exported.dataset.flag, exported.model.input_size, exported.val["auc"] > 0.9) == ("pneumoniamnist", 28, True)
+    weights, prefix = package_weights(), "backbone.encoder.net."
+    backbone = {k.removeprefix(prefix): v for k, v in exported.state_dict.items() if k.startswith(prefix)}
+    assert backbone.keys() == {k for k in weights if not k.startswith("_fc.")}
+    assert all(torch.equal(v, weights[k]) for k, v in backbone.items())  # BatchNorm statistics included
+
+
+def test_feature_extraction_under_two_process_ddp(workdir: Path, repo_params: dict) -> None:
+    """DDP (2 CPU ranks): each rank caches the features of its own shard's images; one model, one MLflow run, the
+    backbone still the package's weights, and the validation AUC logged equals the exported model's."""
+    from helpers import make_npz
+    from medmnist_pipeline.datamodule import as_tensors
+    from medmnist_pipeline.metrics import official_auc
+    from medmnist_pipeline.modelfile import ModelFile
+
+    source = make_npz(workdir / "data.npz", counts=(96, 50, 8))  # 50: uneven validation shards
+    params = lite0_params(repo_params, source, "backbone", 28, True)
+    params["train"]["trainer"].update({"devices": 2, "strategy": "ddp_fork", "deterministic": False})
+    train_stage(workdir, params)
+
+    exported = ModelFile.load(workdir / "models/cnn.ckpt")
+    weights, prefix = package_weights(), "backbone.encoder.net."
+    assert all(torch.equal(v, weights[k.removeprefix(prefix)]) for k, v in exported.state_dict.items() if prefix in k)
+    val_x, val_y = np.load(workdir / "data/prepared/val_images.npy"), np.load(workdir / "data/prepared/val_labels.npy")
+    auc = official_auc(val_y, exported.predict(as_tensors(val_x, val_y, False)[0]), "binary-class")
+    assert auc == pytest.approx(exported.val["auc"], abs=1e-5)
+
+
+def test_fine_tuning_resumes_from_its_checkpoint_to_the_same_result(tmp_path: Path, repo_params: dict) -> None:
+    """An interrupted fine-tuning run (two optimizer param groups, BatchNorm statistics moving) continues from its
+    last checkpoint to exactly the history of an uninterrupted one."""
+    import pandas as pd
+
+    from helpers import make_npz
+    from medmnist_pipeline.config import load_params
+    from medmnist_pipeline.data import load_meta
+    from medmnist_pipeline.datamodule import DataPath
+    from medmnist_pipeline.fit import fit
+    from medmnist_pipeline.paths import PREPARED_DIR
+    from test_training import prepare
+
+    source = make_npz(tmp_path / "data.npz", counts=(64, 32, 8))
+    params = lite0_params(repo_params, source, "none", 28, False)
+    params["train"]["model"]["backbone_lr_factor"] = 0.1
+    params["train"]["schedule"]["name"] = "none"  # the interrupted run's schedule must not depend on max_epochs
+    histories = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        prepare(tmp_path, params)
+        loaded = load_params("params.yaml")
+        meta, section = load_meta(PREPARED_DIR), load_params("params.yaml").train.model_copy(update={"max_epochs": 3})
+        for name, stops in (("whole", [3]), ("interrupted", [1, 3])):
+            for max_epochs in stops:  # stopping after epoch 1 leaves last.ckpt, as a kill after epoch 1 would
+                run = section.model_copy(update={"max_epochs": max_epochs})
+                result = fit(
+                    run, 0, meta, tmp_path / name, False, data_path=DataPath.of(loaded), progress=False, resume=True
+                )
+                if max_epochs == 1:  # mark the checkpoint: the resumed history must carry the mark
+                    last = torch.load(tmp_path / name / "last.ckpt", weights_only=True)
+                    last["callbacks"]["History"]["rows"][0]["resumed_from_here"] = 1.0
+                    torch.save(last, tmp_path / name / "last.ckpt")
+            histories.append(result.history)
+    assert len(histories[0]) == 3 and histories[1]["resumed_from_here"].tolist()[0] == 1.0
+    pd.testing.assert_frame_equal(histories[0], histories[1].drop(columns="resumed_from_here"))

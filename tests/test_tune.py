@@ -86,6 +86,10 @@ def test_tune_writes_outputs_and_nests_trial_runs(project: tuple[Path, dict]) ->
     assert ModelFile.load(workdir / "models/tuned.ckpt").model.filters == best["model"]["filters"]
     for plot in ("optimization_history", "parallel_coordinate", "slice"):
         assert (workdir / f"reports/tune/{plot}.png").stat().st_size > 1000
+    report = (workdir / "reports/tune/report.md").read_text()
+    assert f"**Best: trial {metrics['best']['trial']}**" in report and "![slice](slice.png)" in report
+    noise = "cannot decide" if metrics["noise"]["trials_within_se"] > 1 else "leads every other finished trial"
+    assert noise in report and report.count("\n| ") == metrics["trials"]["complete"] + 1  # header + one row each
 
     (parent,) = mlflow.search_runs(
         experiment_names=[params["tracking"]["experiment"]],

@@ -247,6 +247,11 @@ def compare_words(a: float, b: float, digits: int = 3, higher_is_better: bool = 
     return "above" if (ra > rb) == higher_is_better else "below"
 
 
+def spread(sd: float) -> str:
+    """A standard deviation at 3 decimals, or its first digit when smaller: 0.0004 is not "0.000"."""
+    return f"{sd:.3f}" if sd == 0 or sd >= 0.0005 or math.isnan(sd) else f"{sd:.1g}"
+
+
 def interval_words(low: float, high: float, unit: str = "") -> str:
     """``cannot tell`` when the interval of a difference includes 0, else ``higher`` / ``lower``."""
     if math.isnan(low) or math.isnan(high) or low <= 0 <= high:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medmnist_pipeline.comparison import spread
 from medmnist_pipeline.config import BootstrapParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta, load_split
 from medmnist_pipeline.errors import PipelineError
@@ -326,9 +327,9 @@ def comparison_table(
             {
                 "model": f"{name}, {len(stats['seeds'])} seeds (mean ± sd)",
                 "test_auc": test["auc"],
-                "test_auc_ci": f"± {test['auc_sd']:.3f}",
+                "test_auc_ci": f"± {spread(test['auc_sd'])}",
                 "test_acc": test["acc"],
-                "test_acc_ci": f"± {test['acc_sd']:.3f}",
+                "test_acc_ci": f"± {spread(test['acc_sd'])}",
                 "val_auc": stats["val"]["auc"],
                 "val_acc": stats["val"]["acc"],
                 "source": "this project",

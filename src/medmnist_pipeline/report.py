@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmnist_pipeline.comparison import Difference, compare_words, quoted, tuned_vs_untuned
+from medmnist_pipeline.comparison import Difference, compare_words, quoted, spread, tuned_vs_untuned
 from medmnist_pipeline.data import DatasetMeta
 
 REFERENCE_ROW = "ResNet-18 (28)"  # the benchmark's 28 px baseline: the row a small CNN should beat
@@ -78,7 +78,7 @@ def headline(inputs: ReportInputs) -> list[str]:
             s = stats["test"]
             lines.append(
                 f"Retrained with {len(stats['seeds'])} seeds, the {name} configuration scores test AUC "
-                f"{s['auc']:.3f} ± {s['auc_sd']:.3f} and ACC {s['acc']:.3f} ± {s['acc_sd']:.3f} (mean ± sd)."
+                f"{s['auc']:.3f} ± {spread(s['auc_sd'])} and ACC {s['acc']:.3f} ± {spread(s['acc_sd'])} (mean ± sd)."
             )
     sentence = tuned_vs_untuned(inputs.paired)
     if sentence:

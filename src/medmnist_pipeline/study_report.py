@@ -15,7 +15,7 @@ from medmnist_pipeline.config import Params
 from medmnist_pipeline.data import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
-from medmnist_pipeline.tuning import trial_train_params
+from medmnist_pipeline.tuning import short_value, trial_train_params
 from medmnist_pipeline.workers import FINISHED, count
 
 
@@ -147,3 +147,40 @@ def validation_noise(study: optuna.Study, best_model: Path, params: Params, meta
     se = bootstrap_se(labels, y_score, meta.task, VALIDATION_METRICS[params.tune.metric], 200, params.seed)
     values = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     return search_noise(values, se, params.tune.metric, params.tune.direction == "maximize")
+
+
+def search_markdown(
+    study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial, noise: Any, trials: Any, plots: list[Path]
+) -> str:
+    """``reports/tune/report.md``: what the search tried, what it picked, and whether validation could tell."""
+    states = state_counts(study)
+    values = ", ".join(f"{k}={short_value(v)}" for k, v in best.params.items())
+    ranked = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=params.tune.direction == "minimize")
+    columns = ["number", "value", "duration", *[c for c in params.tune.space if c in trials.columns]]
+    lines = [
+        f"# Search: study {study.study_name}",
+        "",
+        f"{states['complete']} trials completed, {states['pruned']} pruned, {states['fail']} failed "
+        f"(sampler {params.tune.sampler}, pruner {params.tune.pruner.name}); each trial trained with "
+        f"{', '.join(f'{k}={v}' for k, v in params.tune.fixed.items()) or 'the train section as it is'} and was "
+        f"scored by {params.tune.metric} at its best epoch on the validation split.",
+        "",
+        f"**Best: trial {best.number}**, {params.tune.metric} {best.value:.4f} ({values}).",
+        "",
+        f"**{noise.sentence()}**",
+        "",
+        "## Completed trials, best first",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *(
+            f"| {row['number']} | {row['value']:.4f} | "
+            + " | ".join(short_value(row[c], 4) for c in columns[2:])
+            + " |"
+            for _, row in ranked.iterrows()
+        ),
+        "",
+        *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+    ]
+    return "\n".join(lines)

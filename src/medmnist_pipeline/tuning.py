@@ -261,7 +261,7 @@ def run_trial(
     finally:
         shutil.rmtree(folder / f"trial-{trial.number}", ignore_errors=True)  # its resumable state
     best = _best_value(study)
-    shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items())
+    shown = ", ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in values.items())
     log(f"trial {trial.number:3d} [{shown}] -> {verdict}; {time.perf_counter() - started:5.1f} s; best so far {best}")
 
 
@@ -275,8 +275,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
             raise
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def short_value(value: Any, digits: int = 3) -> str:
+    """A trial's setting or value as people read it: floats to ``digits`` significant digits."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _best_value(study: optuna.Study) -> str:

@@ -15,6 +15,7 @@ from medmnist_pipeline.study_report import (
     check_search_finished,
     fetch_trial_model,
     save_study_plots,
+    search_markdown,
     state_counts,
     trials_table,
     validation_noise,
@@ -69,7 +70,8 @@ def main(params_path: str, worker: bool = False) -> None:
         print(noise.sentence())
         reports.mkdir(parents=True, exist_ok=True)
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
-        trials_table(study).to_csv(reports / "trials.csv", index=False)
+        trials = trials_table(study)
+        trials.to_csv(reports / "trials.csv", index=False)
         states = state_counts(study)
         trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
         metrics = {
@@ -81,7 +83,8 @@ def main(params_path: str, worker: bool = False) -> None:
             "stage_seconds": round(time.perf_counter() - started, 1),
         }
         (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        save_study_plots(study, reports)
+        plots = save_study_plots(study, reports)
+        (reports / "report.md").write_text(search_markdown(study, params, best, noise, trials, plots))
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
