@@ -50,8 +50,10 @@ def build(directory: Path, size: int) -> Path:
 def one_epoch(path: Path, mode: str, model_name: str, limit: int) -> dict:
     """Runs in its own process: one epoch (or ``limit`` batches) of training through ``mode`` (mapped | ram)."""
     import torch
+    import yaml
 
     from medmnist_pipeline.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
+    from medmnist_pipeline.config import ModelParams
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     from medmnist_pipeline.modelfile import normalize
     from medmnist_pipeline.models import build_model
@@ -63,14 +65,14 @@ def one_epoch(path: Path, mode: str, model_name: str, limit: int) -> dict:
     images = NpyMap(path)
     size = images.array.shape[1]
     labels = torch.randint(0, N_CLASSES, (N_TRAIN,))
-    options = {}
-    if model_name == "convnet":  # train's default network in params.yaml
-        options = dict(filters=32, kernel_size=3, convs_per_block=2, blocks=3, fc_layers=1, fc_width=128, dropout=0.3)
-    model = build_model(model_name, 3, N_CLASSES, size, **options)
+    # the repository's train.model section (its convnet is train's default network) with the chosen architecture
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]["model"]
+    model = build_model(ModelParams.model_validate({**section, "name": model_name}), 3, N_CLASSES, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     budget = Budget(1 << 30 if mode == "mapped" else 1 << 40)  # mapped: the default 1 GiB; ram: unlimited
     if mode == "mapped":
-        budget.take(budget.total - (64 << 20))  # leave 64 MiB, so even the 28 px split (0.2 GiB) is mapped
+        # leave 64 MiB (at least 4 batches), so even the 28 px split (0.2 GiB) is mapped
+        budget.take(budget.total - max(64 << 20, 4 * BATCH * size * size * 3))
     check_batch_fits(images.array, BATCH, Budget(budget.total - budget.used), in_flight=4)
     order = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))[: limit * BATCH if limit else None]
     before = anon_bytes()
