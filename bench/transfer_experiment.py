@@ -127,7 +127,7 @@ def summary(path: Path) -> str:
     runs = pd.read_csv(path)
     reference = pd.read_csv(resources.files("medmnist_pipeline") / "medmnist_v2_benchmark.csv")
     lines = [
-        "| dataset | model | input px | seeds | test AUC | test ACC | val AUC | selected epochs | CPU s per run |",
+        "| dataset | model | input px | seeds | test AUC | test ACC | val AUC | selected epochs | CPU s per run (median) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for flag, rows in runs.groupby("flag", sort=False):
@@ -140,7 +140,7 @@ def summary(path: Path) -> str:
             lines.append(
                 f"| {flag} | {LABELS[mode]} | {size} | {len(seeds)} | {stat('test_auc')} | {stat('test_acc')} | "
                 f"{seeds['val_auc'].mean():.3f} | {', '.join(map(str, seeds['best_epoch']))} | "
-                f"{seeds['cpu_s'].mean():.0f} |"
+                f"{seeds['cpu_s'].median():.0f} |"
             )
         for _, ref in reference[reference["dataset"] == flag].iterrows():
             lines.append(

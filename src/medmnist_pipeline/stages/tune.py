@@ -87,7 +87,8 @@ def main(params_path: str, worker: bool = False) -> None:
         (reports / "report.md").write_text(search_markdown(study, params, best, noise, trials, plots))
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
-        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+        # tags, not params: a continued study (`dvc repro -f`, more trials) reuses this run and may find a new best
+        mlflow.set_tags({f"best.{k}": v for k, v in best.params.items()})
         mlflow.set_tag("tune.best_trial", str(best.number))
         mlflow.log_artifacts(str(reports), artifact_path="tune")
         print(
