@@ -53,3 +53,21 @@ def test_errors_per_corruption_severity_and_degradation(tmp_path) -> None:  # no
     assert "| brightness_down | 0.300 (+0.300) | 0.100 (+0.100) |" in table
     path = save_figure(robustness_figure(results, "toy"), tmp_path / "robustness.png")
     assert path.stat().st_size > 10_000
+
+
+def test_a_large_test_split_is_corrupted_and_scored_a_chunk_at_a_time() -> None:
+    """Bounded memory: the models never see more than a chunk; deterministic corruptions give the same errors as one
+    batch, and noise drawn per chunk is still the same on every run."""
+    seen = []
+
+    def recording(images: np.ndarray) -> np.ndarray:
+        seen.append(len(images))
+        return by_brightness(120)(images)
+
+    args = (LABELS, BINARY, "pneumoniamnist", ["brightness_down", "gaussian_noise"], [3, 5])
+    whole = evaluate_robustness({"m": by_brightness(120)}, IMAGES, *args, seed=0)["m"]
+    chunked = evaluate_robustness({"m": recording}, IMAGES, *args, seed=0, chunk_bytes=3 * 28 * 28)["m"]
+    again = evaluate_robustness({"m": by_brightness(120)}, IMAGES, *args, seed=0, chunk_bytes=3 * 28 * 28)["m"]
+    assert max(seen) == 3 and sum(seen) == len(IMAGES) * 5  # clean + 2 corruptions x 2 severities, 3 at a time
+    assert chunked.clean == whole.clean and chunked.errors["brightness_down"] == whole.errors["brightness_down"]
+    assert chunked.errors == again.errors
