@@ -127,7 +127,8 @@ def summary(path: Path) -> str:
     runs = pd.read_csv(path)
     reference = pd.read_csv(resources.files("medmnist_pipeline") / "medmnist_v2_benchmark.csv")
     lines = [
-        "| dataset | model | input px | seeds | test AUC | test ACC | val AUC | selected epochs | CPU s per run (median) |",
+        "| dataset | model | input px | seeds | test AUC | test ACC | val AUC | selected epochs"
+        " | CPU s per run (median) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for flag, rows in runs.groupby("flag", sort=False):
