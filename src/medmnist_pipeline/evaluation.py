@@ -20,6 +20,7 @@ from medmnist_pipeline.comparison import spread
 from medmnist_pipeline.config import BootstrapParams, Params, TrainParams
 from medmnist_pipeline.data import DatasetMeta, load_split
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import BINARY
 from medmnist_pipeline.metrics import bootstrap_ci, official_acc, official_auc
 from medmnist_pipeline.modelfile import ModelFile
@@ -66,7 +67,12 @@ def scores(model: ModelFile, split: Split, rows: np.ndarray | None = None) -> np
     if rows is None:
         return model.predict(split.images)
     chunk = 4_096  # rows gathered into RAM at a time, in the order given (the labels' order)
-    parts = [model.predict(split.images[torch.from_numpy(rows[i : i + chunk])]) for i in range(0, len(rows), chunk)]
+    parts = []
+    for i in range(0, len(rows), chunk):
+        gathered = split.images[torch.from_numpy(rows[i : i + chunk])]
+        parts.append(model.predict(gathered))
+        del gathered
+        trim_heap()  # the gathered rows go back to the OS before the next chunk is read
     return np.concatenate(parts) if parts else model.predict(split.images[:0])
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from medmnist_pipeline.config import ModelParams
 from medmnist_pipeline.errors import PipelineError, not_a_model_file
-from medmnist_pipeline.memory import return_large_blocks
+from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.models import Network, build_model
 
@@ -138,10 +138,11 @@ class ProbabilityModel(nn.Module):
 def predict_scores(net: nn.Module, images: torch.Tensor, task: str, batch_size: int = 512) -> np.ndarray:
     """Class probabilities (N, C) for uint8 images (N, C, H, W), a batch at a time on the network's device (``images``
     may be a view of a memory map: only the batch being scored is read into RAM)."""
-    return_large_blocks()  # freed batches go back to the OS, so scoring a large split stays at a few batches
     device = next(net.parameters()).device
-    out = [
-        scores_from_logits(net(normalize(images[i : i + batch_size].to(device).contiguous())).float(), task).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = normalize(images[i : i + batch_size].to(device).contiguous())
+        out.append(scores_from_logits(net(batch).float(), task).cpu())
+        del batch
+        trim_heap()  # the freed batch goes back to the OS, so scoring a large split stays at a few batches
     return torch.cat(out).numpy()

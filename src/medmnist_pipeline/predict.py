@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import MULTI_LABEL, THRESHOLD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -336,6 +337,7 @@ class StreamedMember:
                 raise EOFError(f"the array ends after {self._next + len(data) // self.row_bytes} images")
             self._chunk = np.frombuffer(data, self.dtype).reshape(n, *self.shape[1:])
             self._start, self._next = self._next, self._next + n
+            trim_heap()  # the previous chunk's pages go back to the OS: memory holds one chunk
         return self._chunk[index - self._start]
 
     def close(self) -> None:
