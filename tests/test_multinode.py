@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from helpers import make_npz, write_params
 from test_training import prepare, runs, tiny, use_custom
@@ -47,6 +48,7 @@ def torchrun(node_rank: int, port: int, workdir: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.mark.slow  # three real train runs, two of them under torchrun; .ci/run runs the slow tests after the suite
 def test_two_simulated_nodes_write_once_and_match_one_process(tmp_path: Path, repo_params: dict) -> None:
     source = make_npz(tmp_path / "data.npz", counts=(512, 128, 8))
     with np.load(source) as npz:  # more noise: a validation AUC below 1, so that the comparison below can fail
