@@ -25,7 +25,7 @@ from medmnist_pipeline.data import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
 from medmnist_pipeline.modelfile import ModelFile
 from medmnist_pipeline.stages import tune
-from medmnist_pipeline.study_report import fetch_trial_model
+from medmnist_pipeline.study_report import check_search_finished, fetch_trial_model
 from medmnist_pipeline.tracking import experiment_id
 from medmnist_pipeline.tuning import open_study
 from medmnist_pipeline.workers import fail_stale_trials, heartbeat
@@ -289,6 +289,21 @@ def test_a_killed_workers_trial_is_failed_and_replaced_by_the_stage(project: tup
     assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1, states
     assert "died" in study.trials[killed].user_attrs["fail_reason"]
     assert json.loads((workdir / "reports/tune/metrics.json").read_text())
+
+
+def test_stage_fails_when_fewer_than_n_trials_finished_before_the_timeout(tmp_path: Path, repo_params: dict) -> None:
+    """E.g. n_trials failures stopped the search: the outputs would claim a search that did not happen, so the stage
+    fails and DVC does not record it as done; a search cut by tune.timeout_s is what was asked for."""
+    params = load_params(write_params(tmp_path / "params.yaml", tune_params(repo_params, n_trials=3)))
+    study = optuna.create_study(direction="maximize")  # Optuna's in-memory storage
+    for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL):
+        trial = study.ask()
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    with pytest.raises(PipelineError, match=r"only 2 of tune.n_trials=3 trials finished \(1 failed\)"):
+        check_search_finished(study, params, timed_out=False)
+    check_search_finished(study, params, timed_out=True)
+    study.tell(study.ask(), 0.6)
+    check_search_finished(study, params, timed_out=False)
 
 
 def test_a_two_process_ddp_trial(project: tuple[Path, dict], tmp_path: Path) -> None:
