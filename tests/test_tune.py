@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -339,6 +340,24 @@ def test_a_trial_whose_heartbeat_stopped_fails_and_its_run_ends(tmp_path: Path, 
     assert frozen.state == TrialState.FAIL and "elsewhere:123 stopped its heartbeat" in frozen.user_attrs["fail_reason"]
     ended = mlflow.MlflowClient().get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and "heartbeat" in ended.data.tags["fail_reason"]
+
+
+def test_a_dead_trial_whose_run_lightning_already_finished_is_ended_killed(tmp_path: Path, repo_params: dict) -> None:
+    """Lightning's MLFlowLogger ends a trial's run FINISHED when the fit returns, before the trial saves its model
+    and reports to Optuna: a worker killed in that window leaves a FAILED trial behind a FINISHED run, which must be
+    ended KILLED like a RUNNING one (CI caught the window: the SIGKILL test found such a run FINISHED)."""
+    params = load_params(write_params(tmp_path / "params.yaml", tiny(repo_params)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(study_name="s")
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id(params), tags={"tune.study": "s", "tune.trial": str(trial.number)})
+    client.set_terminated(run.info.run_id, status="FINISHED")  # what MLFlowLogger.finalize does after the fit
+    assert fail_stale_trials(study, params) == [trial.number]
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and "died" in ended.data.tags["fail_reason"]
 
 
 @pytest.mark.parametrize(

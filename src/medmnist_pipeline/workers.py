@@ -68,7 +68,9 @@ def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
 def end_dead_trial_runs(study_name: str, reasons: dict[int, str], tracking: Any) -> list[str]:
     """End the MLflow runs of dead trials as KILLED, with a ``fail_reason`` tag: the process that would have
     ended them is gone, and a run left RUNNING would look alive forever. Found by their tags, so a run is found
-    even if its process died before it could record the run id anywhere."""
+    even if its process died before it could record the run id anywhere. Not only RUNNING ones: Lightning's
+    MLFlowLogger ends the run FINISHED as soon as the fit returns, before the trial saves its model and reports
+    to Optuna, so a worker killed in that window leaves a FINISHED run behind a failed trial."""
     from medmnist_pipeline.tracking import _mlflow, experiment_id
 
     mlflow = _mlflow()
@@ -77,10 +79,11 @@ def end_dead_trial_runs(study_name: str, reasons: dict[int, str], tracking: Any)
     for number, reason in reasons.items():
         runs = client.search_runs(
             [experiment_id(tracking)],
-            filter_string=f"tags.`tune.study` = '{study_name}' and tags.`tune.trial` = '{number}' "
-            "and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`tune.study` = '{study_name}' and tags.`tune.trial` = '{number}'",
         )
         for run in runs:
+            if run.info.status in ("KILLED", "FAILED"):
+                continue
             client.set_tag(run.info.run_id, "fail_reason", reason)
             client.set_terminated(run.info.run_id, status="KILLED")
             ended.append(run.info.run_id)
