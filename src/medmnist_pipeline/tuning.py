@@ -324,7 +324,12 @@ def optimize(
             continue
         waiting = False
         run_trial(study, trial, params, meta, parent_run_id, folder, log)
-    if time.monotonic() >= deadline:
-        log(f"tune.timeout_s ({params.tune.timeout_s:g} s) reached: no new trials started")
-        return True
-    return False
+    if time.monotonic() < deadline:
+        return False
+    if (finished := count(study, FINISHED)) < params.tune.n_trials:
+        log(
+            f"tune.timeout_s ({params.tune.timeout_s:g} s) reached after {finished} of tune.n_trials="
+            f"{params.tune.n_trials} finished trials: no new trials started. How many trials ran depends on this "
+            "machine's speed; raise tune.timeout_s for a search that any machine repeats"
+        )
+    return True
