@@ -202,6 +202,7 @@ def drive_ui(
 
 @pytest.mark.e2e
 @pytest.mark.browser
+@pytest.mark.slow  # ~1.5 min (a pipeline run, then Chromium): it kept the default suite near 15 min; CI runs it
 def test_ui_shows_every_stage_nested_runs_and_compare(tmp_path: Path, repo_params: dict) -> None:
     browser_path = chromium()
     pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
