@@ -127,7 +127,7 @@ def project_params(repo_params: dict, postgres: str) -> dict:
             "sampler": "tpe",
             "pruner": {"name": "none", "startup_trials": 1, "warmup_epochs": 0},
             "storage": f"{postgres}/optuna",
-            "fixed": {"train.max_epochs": 3, "train.early_stopping_patience": 0},
+            "fixed": {"train.max_epochs": 6, "train.early_stopping_patience": 0},
             "space": {
                 "train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True},
                 "train.model.filters": {"categorical": [4, 8]},
@@ -197,10 +197,17 @@ def test_three_machines_two_servers_one_killed_worker(
         return owner.get(trial.user_attrs.get("worker", "").rpartition(":")[2])
 
     def worker_mid_trial() -> tuple[str, optuna.trial.FrozenTrial] | None:
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            name = ran_by(trial)
-            if name in workers and trial.intermediate_values:  # training, past its first epoch
-                return name, trial
+        """A worker training a trial, once both workers hold a trial: the survivor must have one to finish (a worker
+        that started too late to get any made this test fail in CI)."""
+        trials = study.get_trials()
+        if {ran_by(t) for t in trials} >= set(workers):
+            for trial in trials:
+                name = ran_by(trial)
+                if trial.state == TrialState.RUNNING and name in workers and trial.intermediate_values:
+                    return name, trial  # training, past its first epoch
+        assert len(trials) < N_TRIALS or any(t.state == TrialState.RUNNING for t in trials), (
+            f"the stage ran every trial before both workers joined: {[(t.number, ran_by(t)) for t in trials]}"
+        )
         return None
 
     killed, dead_trial = wait_for(worker_mid_trial, "a worker in the middle of a trial", [stage, *workers.values()])
