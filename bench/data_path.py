@@ -4,14 +4,14 @@ run, so the two are comparable).
 
 Each path runs in a fresh process, which reports the in-RAM path's load time apart from the epochs, the median
 epoch's time and images per second, and its peak anonymous memory (RssAnon, sampled every 20 ms: what a
-memory budget bounds; the mapped file's pages are file-backed and shared) and images per second. The model is
+memory budget bounds; the mapped file's pages are file-backed and shared). The model is
 the project's logistic regression (``logreg``), so the epoch costs little compute and the data path shows; with a
 CNN on this 2-core CPU the convolutions dominate at every size (see train_throughput.py).
 
 Usage (from the project root, environment active; writes the .npy files under --dir, which it keeps for reruns):
     python bench/data_path.py --sizes 28 --epochs 5 --repeats 7   # a 28 px epoch lasts a second: medians of many
     nice -n 15 python bench/data_path.py --sizes 64 128 [--dir $TMPDIR/medmnist-bench] [--ram-max-gib 5]
-    nice -n 15 python bench/data_path.py --sizes 28 --model convnet --limit-batches 30   # train's CNN
+    python bench/data_path.py --sizes 28 --model convnet --limit-batches 20 --repeats 3   # train's CNN
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def build(directory: Path, size: int) -> Path:
     return path
 
 
-def one_epoch(path: Path, mode: str, model_name: str, limit: int, epochs: int = 1) -> dict:
+def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int = 1) -> dict:
     """Runs in its own process: ``epochs`` epochs (or ``limit`` batches each) of training through ``mode``
     (mapped | ram). The load (the in-RAM path's copy of the split) is timed apart from the epochs, and the speed is
     that of the median epoch: a 28 px epoch lasts about a second, and one of them alone gave ratios from 0.7 to 2.7
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("NPY", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_epoch(Path(args.one[0]), args.one[1], args.model, args.limit_batches, args.epochs)))
+        print(json.dumps(run_epochs(Path(args.one[0]), args.one[1], args.model, args.limit_batches, args.epochs)))
         return
 
     length = f"{args.limit_batches} batches" if args.limit_batches else "an epoch"
