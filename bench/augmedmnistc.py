@@ -21,14 +21,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import load_meta
-from medmnist_pipeline.datamodule import DataPath
-from medmnist_pipeline.evaluation import load_splits, scores, split_metrics
-from medmnist_pipeline.fit import fit
-from medmnist_pipeline.modelfile import ModelFile
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.data.dataset import load_meta, load_splits
+from medmnist_pipeline.evaluation.robustness import evaluate_robustness
+from medmnist_pipeline.evaluation.scoring import scores, split_metrics
+from medmnist_pipeline.models.modelfile import ModelFile
 from medmnist_pipeline.paths import PREPARED_DIR
-from medmnist_pipeline.robustness import evaluate_robustness
+from medmnist_pipeline.training.fit import fit
 
 METRICS = ["test_auc", "test_acc", "clean_error", "mean_error", "degradation"]
 
@@ -46,7 +45,7 @@ def train_arm(project: Path, seeds: list[int]) -> list[ModelFile]:
             meta,
             Path(f"checkpoints/augmedmnistc/{seed}"),
             False,
-            data_path=DataPath.of(params),
+            loader=params.loader,
             progress=False,
             resume=False,
         )
@@ -70,7 +69,7 @@ def main() -> None:
 
     os.chdir(arms["plain"])  # the same prepared test split in both projects
     params, meta = load_params("params.yaml"), load_meta(PREPARED_DIR)
-    test = load_splits(meta, ("test",))["test"]
+    test = load_splits(PREPARED_DIR, ("test",))["test"]
     images = test.images.permute(0, 2, 3, 1).numpy()
     images = images[..., 0] if images.shape[-1] == 1 else images
     predictors = {

@@ -57,11 +57,11 @@ def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int =
     import torch
     import yaml
 
-    from medmnist_pipeline.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
-    from medmnist_pipeline.config import ModelParams
+    from medmnist_pipeline.config.train import ModelParams
+    from medmnist_pipeline.data.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
-    from medmnist_pipeline.modelfile import normalize
-    from medmnist_pipeline.models import build_model
+    from medmnist_pipeline.models.build import build_model
+    from medmnist_pipeline.models.conventions import normalize
 
     # One compute thread: this 2-core CPU is shared, and two OpenMP threads contending with other processes made
     # a logreg step 10x slower (63 vs 7 ms, measured), which would swamp the data path being measured.

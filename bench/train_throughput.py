@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medmnist_pipeline.batches import Batches, Resident
-from medmnist_pipeline.config import ModelParams
-from medmnist_pipeline.datamodule import label_tensor
-from medmnist_pipeline.modelfile import normalize
-from medmnist_pipeline.models import build_model
+from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.data.batches import Batches, Resident
+from medmnist_pipeline.data.datamodule import label_tensor
+from medmnist_pipeline.models.build import build_model
+from medmnist_pipeline.models.conventions import normalize
 
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 

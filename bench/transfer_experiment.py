@@ -20,14 +20,14 @@ import csv
 import time
 from pathlib import Path
 
-from medmnist_pipeline.config import TrainParams, load_params
-from medmnist_pipeline.config_io import validate
-from medmnist_pipeline.data import load_meta
-from medmnist_pipeline.datamodule import DataPath
-from medmnist_pipeline.evaluation import load_splits, scores, split_metrics
-from medmnist_pipeline.fit import fit
+from medmnist_pipeline.config.io import validate
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.config.train import TrainParams
+from medmnist_pipeline.data.dataset import load_meta, load_splits
+from medmnist_pipeline.evaluation.scoring import scores, split_metrics
 from medmnist_pipeline.paths import PREPARED_DIR
-from medmnist_pipeline.tuning import set_path
+from medmnist_pipeline.training.fit import fit
+from medmnist_pipeline.tuning.search import set_path
 
 LITE0 = {"train.model.name": "efficientnet_lite0", "train.model.pretrained": "imagenet"}
 # feature extraction: frozen backbone (BatchNorm too), features cached once, a linear head on the originals
@@ -71,7 +71,7 @@ def main() -> None:
 
     params = load_params("params.yaml")
     meta = load_meta(PREPARED_DIR)
-    splits = load_splits(meta, ("val", "test"))
+    splits = load_splits(PREPARED_DIR, ("val", "test"))
     new = not args.out.exists()
     with args.out.open("a", newline="") as f:
         out = csv.DictWriter(f, FIELDS, lineterminator="\n")
@@ -93,7 +93,7 @@ def main() -> None:
                     meta,
                     Path(f"checkpoints/transfer/{name}-{seed}"),
                     False,
-                    data_path=DataPath.of(params),
+                    loader=params.loader,
                     progress=False,
                     resume=False,
                 )

@@ -21,13 +21,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import load_meta
-from medmnist_pipeline.datamodule import DataPath
-from medmnist_pipeline.evaluation import load_splits, scores, split_metrics
-from medmnist_pipeline.fit import fit
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.data.dataset import load_meta, load_splits
+from medmnist_pipeline.evaluation.scoring import scores, split_metrics
 from medmnist_pipeline.paths import PREPARED_DIR
-from medmnist_pipeline.tuning import enqueue_train_values, sampler_for, suggest, trial_train_params
+from medmnist_pipeline.training.fit import fit
+from medmnist_pipeline.tuning.search import enqueue_train_values, sampler_for, suggest, trial_train_params
 
 
 def main() -> None:
@@ -40,7 +39,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = load_params("params.yaml")
     meta = load_meta(PREPARED_DIR)
-    splits = load_splits(meta, ("test",))
+    splits = load_splits(PREPARED_DIR, ("test",))
     rows = []
     for seed in args.seeds:
         study = optuna.create_study(direction="maximize", sampler=sampler_for(params, seed))
@@ -56,7 +55,7 @@ def main() -> None:
                 meta,
                 Path(f"checkpoints/metric-choice/{seed}-{number}"),
                 False,
-                data_path=DataPath.of(params),
+                loader=params.loader,
                 progress=False,
                 resume=False,
             )

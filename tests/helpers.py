@@ -28,7 +28,7 @@ def write_params(path: Path, params: dict[str, Any]) -> Path:
 
 def params_error(path: Path, params: dict[str, Any]) -> str:
     """Write ``params`` to ``path`` and return the message of the ParamsError that loading it must raise."""
-    from medmnist_pipeline.config import load_params
+    from medmnist_pipeline.config.params import load_params
     from medmnist_pipeline.errors import ParamsError
 
     with pytest.raises(ParamsError) as error:
@@ -66,7 +66,7 @@ def make_npz(
 
 def model_params(**overrides: Any) -> Any:
     """A validated ``train.model`` section: the repository's params.yaml with ``overrides``."""
-    from medmnist_pipeline.config import ModelParams
+    from medmnist_pipeline.config.train import ModelParams
 
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
     return ModelParams.model_validate({**section, **overrides})

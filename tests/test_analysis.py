@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medmnist_pipeline import analysis as an
-from medmnist_pipeline import calibration, curves
+from medmnist_pipeline.evaluation import analysis as an
+from medmnist_pipeline.evaluation import calibration, curves
 from medmnist_pipeline.figures import save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

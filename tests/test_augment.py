@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmnist_pipeline.augment import augment_images, check_pipeline_output, check_transform
+from medmnist_pipeline.transforms.augmentation import augment_images, check_pipeline_output, check_transform
 
 TRANSFORMS = [
     {"Affine": {"rotate": [-15, 15], "translate_percent": [-0.1, 0.1], "p": 1.0}},
@@ -43,7 +43,7 @@ def test_checks() -> None:
 
 
 def test_corrupted_copies_are_deterministic_and_differ_per_copy() -> None:
-    from medmnist_pipeline.augment import corrupt_copies
+    from medmnist_pipeline.transforms.augmentation import corrupt_copies
 
     images = np.full((2, 50, 28, 28), 100, np.uint8)
     first, again, untouched = images.copy(), images.copy(), images.copy()

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmnist_pipeline.augment import augment_images, serialize
-from medmnist_pipeline.batches import (
+from medmnist_pipeline.data.batches import (
     BUDGET_KEY,
     AugmentedBatches,
     Batches,
@@ -29,6 +28,7 @@ from medmnist_pipeline.batches import (
 )
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.memory import descendants
+from medmnist_pipeline.transforms.augmentation import augment_images, serialize
 
 TRANSFORMS = [
     {"Affine": {"rotate": [-15, 15], "translate_percent": [-0.1, 0.1], "p": 1.0}},
@@ -100,7 +100,7 @@ def test_prefetch_raises_the_gather_error_and_leaves_no_thread_behind(tmp_path) 
 MEMORY_CHECK = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from medmnist_pipeline.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
+    from medmnist_pipeline.data.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     path, budget_mb, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     images = NpyMap(path)

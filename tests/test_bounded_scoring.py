@@ -14,8 +14,8 @@ import torch
 
 from helpers import model_params
 from medmnist_pipeline.metadata import BINARY
-from medmnist_pipeline.modelfile import DatasetRef, ModelFile
-from medmnist_pipeline.models import build_model
+from medmnist_pipeline.models.build import build_model
+from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
 
 N, SIZE = 48_000, 32  # 48,000 RGB 32 px images: a 141 MiB split; 512-image batches of 1.5 MiB
 SPLIT = N * SIZE * SIZE * 3
@@ -24,17 +24,18 @@ MIB = 1 << 20
 SCORE = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from medmnist_pipeline.batches import nchw
-    from medmnist_pipeline.evaluation import Split, load_splits, scores
+    from medmnist_pipeline.data.batches import nchw
+    from medmnist_pipeline.data.dataset import Split, load_splits
+    from medmnist_pipeline.evaluation.scoring import scores
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
     torch.set_num_threads(1)
     model, mode, out = ModelFile.load(sys.argv[1]), sys.argv[2], sys.argv[3]
     model.predict(torch.zeros(512, 3, 32, 32, dtype=torch.uint8))  # warm up: the allocator's steady state
     before = anon_bytes()
     with PeakAnon(interval_s=0.005) as peak:
         if mode == "mapped":
-            split = load_splits(None, ("test",))["test"]
+            split = load_splits(PREPARED_DIR, ("test",))["test"]
         else:  # what load_splits did before: the split read into a RAM tensor
             split = Split(nchw(np.load("data/prepared/test_images.npy")), np.load("data/prepared/test_labels.npy"))
         p = scores(model, split)

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from medmnist_pipeline import comparison as K
+from medmnist_pipeline.evaluation import comparison as K
 from medmnist_pipeline.metadata import BINARY, MULTI_CLASS, MULTI_LABEL
-from medmnist_pipeline.metrics import official_acc
+from medmnist_pipeline.metrics import mean_log_loss, official_acc
+from medmnist_pipeline.tuning.statistics import bootstrap_se, search_noise
 
 
 def two_col(p: np.ndarray) -> np.ndarray:
@@ -131,14 +132,14 @@ def test_validation_noise_and_search_that_cannot_decide() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
     scores = two_col(np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1))
-    se = K.bootstrap_se(y, scores, BINARY, official_acc, 400, 0)
+    se = bootstrap_se(y, scores, BINARY, official_acc, 400, 0)
     # the SE of an accuracy p on n images is about sqrt(p (1 - p) / n)
     p = official_acc(y, scores, BINARY)
     assert abs(se - math.sqrt(p * (1 - p) / 500)) < 0.004
-    noisy = K.search_noise({0: 0.9972, 1: 0.9969, 2: 0.95, 3: math.nan}, se=0.002, metric="val/auc", maximize=True)
+    noisy = search_noise({0: 0.9972, 1: 0.9969, 2: 0.95, 3: math.nan}, se=0.002, metric="val/auc", maximize=True)
     assert noisy.best == 0 and noisy.within_noise == [0, 1] and not noisy.can_decide
     assert "cannot decide: trial 1 lies within one validation standard error" in noisy.sentence()
-    clear = K.search_noise({0: 0.30, 1: 0.40}, se=0.02, metric="val/loss", maximize=False)
+    clear = search_noise({0: 0.30, 1: 0.40}, se=0.02, metric="val/loss", maximize=False)
     assert clear.best == 0 and clear.can_decide and "leads every other" in clear.sentence()
 
 
@@ -177,6 +178,6 @@ def test_tuned_versus_untuned_in_words() -> None:
 def test_mean_log_loss_by_hand() -> None:
     # -(log 0.8 + log 0.5) / 2
     assert math.isclose(
-        K.mean_log_loss(np.array([1, 0]), two_col([0.8, 0.5]), BINARY), -(math.log(0.8) + math.log(0.5)) / 2
+        mean_log_loss(np.array([1, 0]), two_col([0.8, 0.5]), BINARY), -(math.log(0.8) + math.log(0.5)) / 2
     )
-    assert math.isclose(K.mean_log_loss(np.array([[1, 0]]), np.array([[0.5, 0.5]]), MULTI_LABEL), math.log(2))
+    assert math.isclose(mean_log_loss(np.array([[1, 0]]), np.array([[0.5, 0.5]]), MULTI_LABEL), math.log(2))

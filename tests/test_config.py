@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from helpers import REPO, params_error, write_params
-from medmnist_pipeline.config import load_params
+from medmnist_pipeline.config.params import load_params
 from medmnist_pipeline.errors import ParamsError
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medmnist_pipeline import corruptions as C
 from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.metadata import DATASETS
+from medmnist_pipeline.transforms import corruptions as C
 
 GREY = np.random.default_rng(0).integers(20, 235, (12, 28, 28), dtype=np.uint8)
 RGB = np.random.default_rng(1).integers(20, 235, (6, 28, 28, 3), dtype=np.uint8)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import make_npz, shared_file
-from medmnist_pipeline.config import DataParams
-from medmnist_pipeline.data import DatasetMeta, class_counts, expected_meta, load_meta, load_split, prepare
+from medmnist_pipeline.config.params import DataParams
+from medmnist_pipeline.data.dataset import DatasetMeta, class_counts, expected_meta, load_meta, load_split, prepare
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_dir, md5sum
 

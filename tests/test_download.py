@@ -17,8 +17,8 @@ import pytest
 
 from helpers import shared_file
 from medmnist_pipeline import metadata
-from medmnist_pipeline.config import DataParams
-from medmnist_pipeline.data import Limits, download, fetch
+from medmnist_pipeline.config.params import DataParams
+from medmnist_pipeline.data.dataset import Limits, download, fetch
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import md5sum
 

@@ -15,10 +15,10 @@ import yaml
 
 from helpers import make_npz, params_error, write_params
 from medmnist_pipeline.errors import ParamsError, PipelineError
-from medmnist_pipeline.evaluation import reference_rows
+from medmnist_pipeline.evaluation.scoring import reference_rows
 from medmnist_pipeline.metadata import DATASETS
 from medmnist_pipeline.metrics import official_acc, official_auc
-from medmnist_pipeline.modelfile import ModelFile
+from medmnist_pipeline.models.modelfile import ModelFile
 from medmnist_pipeline.stages import baseline, evaluate, train, tune
 from test_training import prepare, tiny, use_custom
 

@@ -16,7 +16,7 @@ from medmnist_pipeline.metrics import (
     official_acc,
     official_auc,
 )
-from medmnist_pipeline.modelfile import scores_from_logits
+from medmnist_pipeline.models.conventions import scores_from_logits
 
 TASKS = ["binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression"]
 

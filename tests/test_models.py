@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from helpers import model_params
-from medmnist_pipeline.config import MODEL_OPTIONS
-from medmnist_pipeline.models import ConvNet, LogReg, ResNet, build_model, relu_modules, replace_head
+from medmnist_pipeline.config.train import MODEL_OPTIONS
+from medmnist_pipeline.models.build import build_model
+from medmnist_pipeline.models.networks import ConvNet, LogReg, ResNet, relu_modules, replace_head
 
 
 def build(name: str, channels: int, outputs: int, size: int, **options) -> nn.Module:

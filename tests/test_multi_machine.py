@@ -32,10 +32,10 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import make_npz, write_params
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.data.dataset import load_meta
 from medmnist_pipeline.stages import augment, baseline, download, evaluate, train
-from medmnist_pipeline.tuning import open_study
+from medmnist_pipeline.tuning.search import open_study
 from medmnist_pipeline.ui import server_command, stop, wait_until_ready
 from test_training import tiny, use_custom
 from test_ui_browser import free_port

@@ -23,8 +23,8 @@ from PIL import Image
 from helpers import REPO, make_npz, model_params, write_params
 from medmnist_pipeline import cli
 from medmnist_pipeline.metadata import MULTI_LABEL
-from medmnist_pipeline.modelfile import DatasetRef, ModelFile
-from medmnist_pipeline.models import build_model
+from medmnist_pipeline.models.build import build_model
+from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
 from medmnist_pipeline.predict import tracking_store
 from test_training import prepare, tiny, use_custom
 

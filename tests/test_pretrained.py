@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.pretrained import (
+from medmnist_pipeline.models.pretrained import (
     BACKBONES,
     BackboneSpec,
     PretrainedNet,
@@ -240,7 +240,7 @@ def frozen_lite0(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) ->
 
 
 def test_train_stage_feature_extraction_writes_the_package_weights(frozen_lite0: dict) -> None:
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     exported = ModelFile.load(frozen_lite0["model"])
     assert exported.model.name == LITE0 and exported.model.freeze == "backbone"
@@ -255,7 +255,7 @@ def test_train_stage_feature_extraction_writes_the_package_weights(frozen_lite0:
 def test_feature_cache_trains_the_same_head_as_a_backbone_forward_every_step(
     frozen_lite0: dict, tmp_path: Path
 ) -> None:
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     params = frozen_lite0["params"]
     params["train"]["model"]["feature_cache"] = False
@@ -267,7 +267,7 @@ def test_feature_cache_trains_the_same_head_as_a_backbone_forward_every_step(
 
 def test_predict_a_png_with_a_pretrained_model_file_and_its_mlflow_model(frozen_lite0: dict, tmp_path: Path) -> None:
     from medmnist_pipeline import cli
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.png")
@@ -283,7 +283,7 @@ def test_predict_a_png_with_a_pretrained_model_file_and_its_mlflow_model(frozen_
 @pytest.mark.slow  # ~25 s of CPU; fine-tuning itself is covered above without the stage
 def test_train_stage_fine_tunes_an_rgb_dataset_at_a_larger_input_size(workdir: Path, repo_params: dict) -> None:
     from helpers import make_npz
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     source = make_npz(workdir / "rgb.npz", channels=3, counts=(32, 16, 8))
     params = lite0_params(repo_params, source, "none", 40, False)
@@ -298,7 +298,7 @@ def test_train_stage_fine_tunes_an_rgb_dataset_at_a_larger_input_size(workdir: P
 
 def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None:
     from helpers import params_error, write_params
-    from medmnist_pipeline.config import load_params
+    from medmnist_pipeline.config.params import load_params
 
     model = repo_params["train"]["model"]
     model.update(name="convnet", freeze="backbone", init_from=None)
@@ -334,7 +334,7 @@ def test_feature_extraction_on_pneumoniamnist_keeps_the_imagenet_backbone(tmp_pa
     import yaml
 
     from helpers import REPO, shared_file, write_params
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     mirror = shared_file("pneumoniamnist.npz").parent
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -362,9 +362,9 @@ def test_feature_extraction_under_two_process_ddp(workdir: Path, repo_params: di
     """DDP (2 CPU ranks): each rank caches the features of its own shard's images; one model, one MLflow run, the
     backbone still the package's weights, and the validation AUC logged equals the exported model's."""
     from helpers import make_npz
-    from medmnist_pipeline.datamodule import as_tensors
+    from medmnist_pipeline.data.datamodule import as_tensors
     from medmnist_pipeline.metrics import official_auc
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     source = make_npz(workdir / "data.npz", counts=(96, 50, 8))  # 50: uneven validation shards
     params = lite0_params(repo_params, source, "backbone", 28, True)
@@ -385,11 +385,10 @@ def test_fine_tuning_resumes_from_its_checkpoint_to_the_same_result(tmp_path: Pa
     import pandas as pd
 
     from helpers import make_npz
-    from medmnist_pipeline.config import load_params
-    from medmnist_pipeline.data import load_meta
-    from medmnist_pipeline.datamodule import DataPath
-    from medmnist_pipeline.fit import fit
+    from medmnist_pipeline.config.params import load_params
+    from medmnist_pipeline.data.dataset import load_meta
     from medmnist_pipeline.paths import PREPARED_DIR
+    from medmnist_pipeline.training.fit import fit
     from test_training import prepare
 
     source = make_npz(tmp_path / "data.npz", counts=(64, 32, 8))
@@ -405,9 +404,7 @@ def test_fine_tuning_resumes_from_its_checkpoint_to_the_same_result(tmp_path: Pa
         for name, stops in (("whole", [3]), ("interrupted", [1, 3])):
             for max_epochs in stops:  # stopping after epoch 1 leaves last.ckpt, as a kill after epoch 1 would
                 run = section.model_copy(update={"max_epochs": max_epochs})
-                result = fit(
-                    run, 0, meta, tmp_path / name, False, data_path=DataPath.of(loaded), progress=False, resume=True
-                )
+                result = fit(run, 0, meta, tmp_path / name, False, loader=loaded.loader, progress=False, resume=True)
                 if max_epochs == 1:  # mark the checkpoint: the resumed history must carry the mark
                     last = torch.load(tmp_path / name / "last.ckpt", weights_only=True)
                     last["callbacks"]["History"]["rows"][0]["resumed_from_here"] = 1.0

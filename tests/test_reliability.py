@@ -12,7 +12,7 @@ import pytest
 from medmnist_pipeline.errors import PipelineError, not_a_model_file
 from medmnist_pipeline.files import atomic_dir, atomic_file, check_free_space, write_error
 from medmnist_pipeline.tracking import experiment_tags
-from medmnist_pipeline.tuning import sampler_seed
+from medmnist_pipeline.tuning.search import sampler_seed
 
 
 def test_atomic_file_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
@@ -83,8 +83,8 @@ def test_nested_runs_carry_the_dvc_experiment_name(monkeypatch: pytest.MonkeyPat
 
 def test_custom_labels_that_the_data_never_uses_are_refused_at_download(tmp_path: Path) -> None:
     from helpers import make_npz
-    from medmnist_pipeline.config import DataParams
-    from medmnist_pipeline.data import expected_meta, fetch, prepare
+    from medmnist_pipeline.config.params import DataParams
+    from medmnist_pipeline.data.dataset import expected_meta, fetch, prepare
 
     source = make_npz(tmp_path / "binary.npz", task="binary-class", n_labels=2)
     custom = {"path": str(source), "task": "multi-class", "labels": ["a", "b", "c"]}  # three names on 0/1 data

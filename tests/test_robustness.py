@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from medmnist_pipeline.evaluation.robustness import (
+    evaluate_robustness,
+    robustness_figure,
+    robustness_markdown,
+    robustness_rows,
+)
 from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.metadata import BINARY
-from medmnist_pipeline.robustness import evaluate_robustness, robustness_figure, robustness_markdown, robustness_rows
 
 # class 1 images are bright (160), class 0 dark (80)
 LABELS = np.array([0, 1] * 20)

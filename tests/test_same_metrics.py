@@ -62,7 +62,7 @@ def test_tiny_runs_give_the_recorded_metrics(workdir: Path, repo_params: dict) -
 
 
 def test_a_model_file_of_the_first_format_still_loads_and_predicts(tmp_path: Path) -> None:
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.models.modelfile import ModelFile
 
     model = ModelFile.load(FIXTURES / "model-v1-convnet.ckpt")
     assert model.labels == ("a", "b", "c") and model.task == "multi-class" and model.image_size == 28

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
-from medmnist_pipeline.selection import BestCheckpoint, best_epoch
+from medmnist_pipeline.training.selection import BestCheckpoint, best_epoch
 
 # epoch:      0    1    2    3    4
 AUC = [0.50, 0.90, 0.90, 0.80, 0.90]

@@ -20,15 +20,15 @@ import pytest
 import torch
 
 from helpers import make_npz, shared_file, write_params
-from medmnist_pipeline.callbacks import LossGuard
-from medmnist_pipeline.classifier import build_optimization
-from medmnist_pipeline.config import OptimizerParams, ScheduleParams
-from medmnist_pipeline.datamodule import as_tensors
+from medmnist_pipeline.config.train import OptimizerParams, ScheduleParams
+from medmnist_pipeline.data.datamodule import as_tensors
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metrics import official_acc, official_auc
-from medmnist_pipeline.modelfile import ModelFile
-from medmnist_pipeline.models import LogReg
+from medmnist_pipeline.models.modelfile import ModelFile
+from medmnist_pipeline.models.networks import LogReg
 from medmnist_pipeline.stages import augment, baseline, download, train
+from medmnist_pipeline.training.callbacks import LossGuard
+from medmnist_pipeline.training.classifier import build_optimization
 
 TINY_CONVNET = {
     "name": "convnet",

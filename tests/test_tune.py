@@ -20,16 +20,17 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import make_npz, params_error, write_params
-from medmnist_pipeline.config import TrainParams, load_params
-from medmnist_pipeline.config_io import validate
-from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.config.io import validate
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.config.train import TrainParams
+from medmnist_pipeline.data.dataset import load_meta
 from medmnist_pipeline.errors import ParamsError, PipelineError
-from medmnist_pipeline.modelfile import ModelFile
+from medmnist_pipeline.models.modelfile import ModelFile
 from medmnist_pipeline.stages import tune
-from medmnist_pipeline.study_report import check_search_finished, fetch_trial_model
 from medmnist_pipeline.tracking import experiment_id
-from medmnist_pipeline.tuning import open_study
-from medmnist_pipeline.workers import fail_stale_trials, heartbeat
+from medmnist_pipeline.tuning.search import open_study
+from medmnist_pipeline.tuning.study_report import check_search_finished, fetch_trial_model
+from medmnist_pipeline.tuning.workers import fail_stale_trials, heartbeat
 from test_training import prepare, tiny, use_custom
 
 

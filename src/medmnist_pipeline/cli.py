@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             from medmnist_pipeline import ui
 
             return ui.main(args.params, host=args.host, port=args.port)
-        from medmnist_pipeline.config import check_trials_can_run, load_params
+        from medmnist_pipeline.config.params import check_trials_can_run, load_params
 
         # Refuse bad params before the stage's module imports torch, Lightning or Optuna (seconds): the stage
         # reads the file again, but only a valid file gets that far.
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medmnist-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except RuntimeError as exc:
-        from medmnist_pipeline.batches import worker_died
+        from medmnist_pipeline.data.batches import worker_died
 
         error = worker_died(exc)
         if error is None:

@@ -68,14 +68,22 @@ def official_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     return float(np.mean(per_column))  # NaN if any column's AUC is
 
 
-def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = THRESHOLD) -> float:
-    """``medmnist.evaluator.getACC``; shapes as in ``official_auc``."""
-    y_true, y_score = _checked(y_true, y_score, task)
+def predicted_labels(y_score: np.ndarray, task: str, threshold: float = THRESHOLD) -> np.ndarray:
+    """The one rule for predicted labels, the official ACC's: (N,) classes (binary: the positive score above
+    ``threshold``; multi-class and ordinal: the argmax), or (N, L) 0/1 for multi-label (each score above it)."""
+    y_score = np.asarray(y_score)
     if task == BINARY:
-        return float(np.mean((y_score[:, -1] > threshold) == (y_true == 1)))
-    if task == MULTI_LABEL:  # every label has N samples, so the mean of per-label accuracies is the overall mean
-        return float(np.mean((y_score > threshold) == (y_true == 1)))
-    return float(np.mean(np.argmax(y_score, axis=-1) == y_true))
+        return (y_score[:, -1] > threshold).astype(int)
+    if task == MULTI_LABEL:
+        return (y_score > threshold).astype(int)
+    return np.argmax(y_score, axis=-1)
+
+
+def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = THRESHOLD) -> float:
+    """``medmnist.evaluator.getACC``; shapes as in ``official_auc``. For multi-label, every label has N samples, so
+    the mean of per-label accuracies is the overall mean."""
+    y_true, y_score = _checked(y_true, y_score, task)
+    return float(np.mean(predicted_labels(y_score, task, threshold) == y_true))
 
 
 class OfficialMetrics(Metric):
@@ -155,3 +163,12 @@ def bootstrap_ci(
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def mean_log_loss(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """The training loss on probabilities: cross-entropy of the true class, or binary cross-entropy per label."""
+    y_true, y_score = _checked(y_true, y_score, task)
+    p = np.clip(np.asarray(y_score, float), 1e-7, 1 - 1e-7)
+    if task == MULTI_LABEL:
+        return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
+    return float(-np.mean(np.log(p[np.arange(len(y_true)), y_true.astype(int)])))

@@ -53,7 +53,7 @@ def tracking_store(params_path: str | Path | None) -> str:
     """The MLflow store that MLflow URIs are resolved in: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` of the params
     file > ``sqlite:///<project root>/mlflow.db`` (the stages' own rule, ``tracking.tracking_uri``). ``params_path``
     None means ``params.yaml`` if there is one; only its ``tracking`` section is read and validated."""
-    from medmnist_pipeline.config import TrackingParams, load_section
+    from medmnist_pipeline.config.params import TrackingParams, load_section
     from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of
 
     path = Path(params_path or "params.yaml")
@@ -74,7 +74,7 @@ def load_model(spec: str, params_path: str | Path | None = None, batch_size: int
     """A model file of this project, or an MLflow model URI resolved in :func:`tracking_store`."""
     if is_mlflow_uri(spec):
         return _load_mlflow_model(spec, tracking_store(params_path), batch_size)
-    from medmnist_pipeline.modelfile import ModelFile, predict_scores
+    from medmnist_pipeline.models.modelfile import ModelFile, predict_scores
 
     model = ModelFile.load(spec)
     net = model.network().to(_device())
@@ -240,7 +240,7 @@ def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     The header's claim is checked against what the file can hold (the member's size, and the archive's own size
     times deflate's best ratio), so a lying header is refused before anything is allocated for it.
     """
-    from medmnist_pipeline.data import npy_header
+    from medmnist_pipeline.data.dataset import npy_header
 
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
@@ -274,7 +274,7 @@ def _open_member(path: Path, key: str) -> Any:
     """One npz member, indexable by image: memory-mapped when stored uncompressed (np.savez), streamed forward in
     chunks when compressed (np.savez_compressed); either way a large array is never held whole in memory. Only a
     Fortran-ordered member (not written by MedMNIST or np.savez of C arrays) is decompressed whole."""
-    from medmnist_pipeline.data import npy_header
+    from medmnist_pipeline.data.dataset import npy_header
 
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")
@@ -316,7 +316,7 @@ class StreamedMember:
         return self.shape[0]
 
     def _restart(self) -> None:
-        from medmnist_pipeline.data import npy_header
+        from medmnist_pipeline.data.dataset import npy_header
 
         self.close()
         self._archive = zipfile.ZipFile(self.path)

@@ -1,4 +1,6 @@
-"""MLflow tracking: where runs are stored, and one run per stage with flattened params, tags and artifacts."""
+"""MLflow tracking, the only module that opens MLflow runs and loggers: where runs are stored, one run per stage
+with flattened params and tags, the nested runs of tuning trials and evaluate's retrains, Lightning's
+``MLFlowLogger`` on a run, ending runs that a dead process left behind, and the logged and registered model."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medmnist_pipeline.config import Params, TrackingParams
+from medmnist_pipeline.config.params import Params, TrackingParams
 from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
 if TYPE_CHECKING:  # torch stays unimported for the light commands
-    from medmnist_pipeline.modelfile import ModelFile
+    from medmnist_pipeline.data.dataset import DatasetMeta
+    from medmnist_pipeline.models.modelfile import ModelFile
 
 
 def tracking_uri(params: Params) -> str:
@@ -94,7 +97,7 @@ def _local_path(location: str) -> str | None:
     return location if location.startswith("/") else None
 
 
-def _mlflow() -> Any:
+def quiet_mlflow() -> Any:
     import logging
 
     import mlflow
@@ -103,13 +106,20 @@ def _mlflow() -> Any:
     return mlflow
 
 
+def client(params: Params) -> Any:
+    """An ``MlflowClient`` on the project's store."""
+    mlflow = quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri(params))
+    return mlflow.MlflowClient()
+
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def experiment_id(params: Params) -> str:
     """Create the experiment on first use. For the default local store, artifacts go beside the database
     (an absolute path, so runs from DVC's temporary experiment copies land there too)."""
-    mlflow = _mlflow()
+    mlflow = quiet_mlflow()
     local = not (os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri)
     if local:
         relocate_local_store()
@@ -132,7 +142,7 @@ def existing_run(params: Params, run_id: str | None) -> str | None:
     """``run_id`` if that run is in the current store (a study may outlive an MLflow store), else None."""
     if not run_id:
         return None
-    mlflow = _mlflow()
+    mlflow = quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri(params))
     try:
         mlflow.MlflowClient().get_run(run_id)
@@ -197,7 +207,7 @@ def stage_run(
     ``run_id`` continues an interrupted run instead of starting a new one. An exception inside the block ends
     the run as FAILED (MLflow's own context manager does that).
     """
-    mlflow = _mlflow()
+    mlflow = quiet_mlflow()
     exp_id = experiment_id(params)
     all_tags = {"stage": stage, **git_tags(), **experiment_tags(), **(tags or {})}
     if run_id:
@@ -213,6 +223,62 @@ def stage_run(
         yield run
 
 
+def nested_run(params: Params, run_name: str, parent_run_id: str | None, tags: Mapping[str, str]) -> Any:
+    """Start (and make active) a run nested in the stage's run: a tuning trial or an evaluate retrain. The caller
+    ends it with ``mlflow.end_run(status)``: how it ended (finished, pruned, failed) is the caller's to say."""
+    mlflow = quiet_mlflow()
+    return mlflow.start_run(
+        experiment_id=experiment_id(params),
+        run_name=run_name,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={**tags, **experiment_tags()},
+    )
+
+
+def run_logger(params: Params, run_id: str) -> Any:
+    """Lightning's ``MLFlowLogger`` on an open run: the epochs of a fit are logged into that run."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name=params.tracking.experiment, tracking_uri=tracking_uri(params), run_id=run_id)
+
+
+def end_left_runs(
+    params: Params, run_ids: Sequence[str], reason: str | None = None, only_running: bool = False
+) -> list[str]:
+    """End as KILLED the runs a dead process left behind, with a ``fail_reason`` tag when given: those still
+    RUNNING, and unless ``only_running`` those FINISHED too (Lightning's logger ends a run FINISHED as soon as its
+    fit returns, before the process saves what the run is for). A run missing from this store (a store can be
+    replaced) is skipped. Returns the run ids ended."""
+    mlflow, mlflow_client = quiet_mlflow(), client(params)
+    ended = []
+    for run_id in run_ids:
+        try:
+            status = mlflow_client.get_run(run_id).info.status
+            if status in ("KILLED", "FAILED") or (only_running and status != "RUNNING"):
+                continue
+            if reason:
+                mlflow_client.set_tag(run_id, "fail_reason", reason)
+            mlflow_client.set_terminated(run_id, status="KILLED")
+            ended.append(run_id)
+        except mlflow.exceptions.MlflowException:
+            continue
+    return ended
+
+
+def runs_tagged(params: Params, tags: Mapping[str, str]) -> list[str]:
+    """The ids of the runs of this experiment with all these tags."""
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return [run.info.run_id for run in client(params).search_runs([experiment_id(params)], filter_string=query)]
+
+
+def download_artifact(params: Params, run_id: str, artifact: str, dst: Path) -> str:
+    """Download one artifact of a run into the folder ``dst``; returns the local path."""
+    return quiet_mlflow().artifacts.download_artifacts(
+        run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=tracking_uri(params)
+    )
+
+
 def log_pytorch_model(model: ModelFile, registered_model_name: str | None = None) -> Any:
     """The model as an MLflow PyTorch model that takes raw pixel values (0-255, float32, N x C x H x W) and
     returns class probabilities, with an input example and the signature inferred from it."""
@@ -222,7 +288,7 @@ def log_pytorch_model(model: ModelFile, registered_model_name: str | None = None
     import numpy as np
     import torch
 
-    from medmnist_pipeline.modelfile import ProbabilityModel
+    from medmnist_pipeline.models.modelfile import ProbabilityModel
 
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its import (by mlflow.pytorch) resets INFO
     wrapped = ProbabilityModel(model.network(), model.task)
@@ -243,3 +309,20 @@ def log_pytorch_model(model: ModelFile, registered_model_name: str | None = None
         registered_model_name=registered_model_name,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
+
+
+CANDIDATE_ALIAS = "candidate"
+
+
+def registered_name(meta: DatasetMeta) -> str:
+    return f"medmnist-{meta.flag}-{meta.size}"
+
+
+def register_pick(picked: ModelFile, meta: DatasetMeta) -> tuple[str, str]:
+    """Log the model validation picked in the active (evaluate) run, register it as a new version of the dataset's
+    model and point the ``candidate`` alias at that version."""
+    name = registered_name(meta)
+    info = log_pytorch_model(picked, name)
+    version = str(info.registered_model_version)
+    quiet_mlflow().MlflowClient().set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+    return name, version

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from medmnist_pipeline.config import TrackingParams, load_section
+from medmnist_pipeline.config.params import TrackingParams, load_section
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import MLRUNS, project_root
 from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of

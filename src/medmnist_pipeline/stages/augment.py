@@ -8,7 +8,13 @@ import time
 
 import numpy as np
 
-from medmnist_pipeline.augment import (
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.data.dataset import load_meta, load_split
+from medmnist_pipeline.figures import save_figure
+from medmnist_pipeline.files import atomic_dir, clear_write_errors
+from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, reports_dir
+from medmnist_pipeline.tracking import dataset_tags, stage_run
+from medmnist_pipeline.transforms.augmentation import (
     augment_images,
     corrupt_copies,
     default_workers,
@@ -17,12 +23,6 @@ from medmnist_pipeline.augment import (
     preview_grid,
     serialize,
 )
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import load_meta, load_split
-from medmnist_pipeline.figures import save_figure
-from medmnist_pipeline.files import atomic_dir, clear_write_errors
-from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, reports_dir
-from medmnist_pipeline.tracking import dataset_tags, stage_run
 
 
 def main(params_path: str) -> None:

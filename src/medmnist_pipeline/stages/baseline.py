@@ -1,6 +1,6 @@
 """baseline: multinomial logistic regression (params: baseline), selected on validation AUC."""
 
-from medmnist_pipeline.config import load_params
+from medmnist_pipeline.config.params import load_params
 from medmnist_pipeline.stages import train
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from medmnist_pipeline.config import load_params
-from medmnist_pipeline.data import class_counts, examples_per_class, expected_meta, fetch, load_split, prepare
+from medmnist_pipeline.config.params import load_params
+from medmnist_pipeline.data.dataset import class_counts, examples_per_class, expected_meta, fetch, load_split, prepare
 from medmnist_pipeline.figures import image_grid, save_figure
 from medmnist_pipeline.files import atomic_dir
 from medmnist_pipeline.metadata import SPLITS

@@ -11,29 +11,26 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from medmnist_pipeline import comparison as K
-from medmnist_pipeline.config import TrainParams, load_params, load_section
-from medmnist_pipeline.curves import history_frame, plot_size_curve, write_learning_curves
-from medmnist_pipeline.data import load_meta
-from medmnist_pipeline.evaluation import (
+from medmnist_pipeline.config.params import load_params, load_section
+from medmnist_pipeline.config.train import TrainParams
+from medmnist_pipeline.data.dataset import load_meta, load_splits
+from medmnist_pipeline.evaluation import comparison as K
+from medmnist_pipeline.evaluation.curves import history_frame, plot_size_curve, write_learning_curves
+from medmnist_pipeline.evaluation.report import ReportInputs, render
+from medmnist_pipeline.evaluation.retrains import seed_runs, seed_summary, size_curve
+from medmnist_pipeline.evaluation.scoring import (
     comparison_table,
     error_analysis,
     load_models,
-    load_splits,
     metrics_with_ci,
     reference_rows,
-    register_pick,
     score_models,
     scores,
-    seed_runs,
-    seed_summary,
-    size_curve,
     split_metrics,
 )
 from medmnist_pipeline.figures import note_figure, save_figure
 from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, reports_dir, retrains_dir
-from medmnist_pipeline.report import ReportInputs, render
-from medmnist_pipeline.tracking import dataset_tags, stage_run
+from medmnist_pipeline.tracking import dataset_tags, register_pick, stage_run
 
 FLOOR = "majority"  # the majority-class predictor's row
 
@@ -44,7 +41,7 @@ def main(params_path: str) -> None:
     tuned_section = load_section(TUNED_PARAMS, "train", TrainParams)
     meta = load_meta(PREPARED_DIR)
     models = load_models(meta)
-    splits = load_splits(meta)
+    splits = load_splits(PREPARED_DIR)
     out = reports_dir("evaluate")
     run_ids = {name: model.mlflow_run_id for name, model in models.items()}
     tags = {**dataset_tags(meta), **{f"evaluated.{name}.run_id": run_id for name, run_id in run_ids.items()}}
@@ -205,8 +202,8 @@ def _size_reading(sizes: pd.DataFrame) -> str:
 def _robustness(settings, models, ensembles, splits, meta, seed, out):  # noqa: ANN001, ANN202
     """Balanced error under the configured corruptions for the single models and the seed ensembles; the
     table, the figure and the preview grid. None when evaluate.robustness.corruptions is []."""
-    from medmnist_pipeline.corruptions import preview_grid
-    from medmnist_pipeline.robustness import evaluate_robustness, robustness_figure, robustness_rows
+    from medmnist_pipeline.evaluation.robustness import evaluate_robustness, robustness_figure, robustness_rows
+    from medmnist_pipeline.transforms.corruptions import preview_grid
 
     if not settings.corruptions:  # the declared outputs still exist, and say why they are empty
         out.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 
-from medmnist_pipeline.config import Params, TrainParams, load_params
-from medmnist_pipeline.curves import plot_history
-from medmnist_pipeline.data import load_meta
-from medmnist_pipeline.datamodule import DataPath
+from medmnist_pipeline.config.params import Params, load_params
+from medmnist_pipeline.config.train import TrainParams
+from medmnist_pipeline.data.dataset import load_meta
+from medmnist_pipeline.evaluation.curves import plot_history
 from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.files import atomic_file
-from medmnist_pipeline.fit import fit, resumable_run
 from medmnist_pipeline.paths import PREPARED_DIR, model_file, reports_dir
+from medmnist_pipeline.training.fit import fit, resumable_run
 
 
 def main(params_path: str) -> None:
@@ -36,7 +36,7 @@ def run(stage: str, params: Params, section: TrainParams) -> None:
             meta,
             started.checkpoint_dir,
             started.logger,
-            data_path=DataPath.of(params),
+            loader=params.loader,
             progress=started.writes_outputs,
         )
         if not started.writes_outputs:  # another DDP rank: rank 0 writes

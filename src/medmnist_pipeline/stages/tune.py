@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from medmnist_pipeline.config import check_trials_can_run, load_params
-from medmnist_pipeline.data import load_meta
+from medmnist_pipeline.config.params import check_trials_can_run, load_params
+from medmnist_pipeline.data.dataset import load_meta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, model_file, reports_dir
-from medmnist_pipeline.study_report import (
+from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
+from medmnist_pipeline.tuning.search import enqueue_train_values, open_study, optimize
+from medmnist_pipeline.tuning.study_report import (
     best_params_yaml,
     best_trial,
     check_search_finished,
@@ -20,9 +22,7 @@ from medmnist_pipeline.study_report import (
     trials_table,
     validation_noise,
 )
-from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
-from medmnist_pipeline.tuning import enqueue_train_values, open_study, optimize
-from medmnist_pipeline.workers import FINISHED, count, fail_stale_trials, wait_for_other_workers
+from medmnist_pipeline.tuning.workers import FINISHED, count, fail_stale_trials, wait_for_other_workers
 
 
 def main(params_path: str, worker: bool = False) -> None:

@@ -1,0 +1,57 @@
+"""The one place a ``train.model`` section becomes a network: ``build_model`` (the architecture, also used to load a
+saved model) and ``initial_model`` (what a training run starts from: ``init_from`` weights, frozen backbone)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.models.networks import ConvNet, LogReg, Network, ResNet, freeze_backbone, replace_head
+
+if TYPE_CHECKING:  # (a type only: modelfile builds its networks here)
+    from medmnist_pipeline.models.modelfile import ModelFile
+
+
+def build_model(model: ModelParams, in_channels: int, num_outputs: int, image_size: int) -> Network:
+    """The network ``model`` (a validated ``train.model`` section) describes, built from exactly the options
+    config.MODEL_OPTIONS gives its architecture: params validation is the one place that checks them."""
+    options = model.options()
+    if model.name.startswith("efficientnet_lite"):
+        from medmnist_pipeline.models.pretrained import build_pretrained  # imports the package code only when used
+
+        return build_pretrained(model.name, in_channels, num_outputs, options["input_size"], options["pretrained"])
+    if model.name == "logreg":
+        return LogReg(in_channels, image_size, num_outputs)
+    if model.name == "convnet":
+        return ConvNet(in_channels, num_outputs, **options)
+    return ResNet(int(model.name.removeprefix("resnet")), in_channels, num_outputs, **options)
+
+
+def initial_model(
+    model: ModelParams,
+    in_channels: int,
+    labels: tuple[str, ...],
+    task: str,
+    image_size: int,
+    init_from: ModelFile | None,
+) -> Network:
+    """The network a training run starts from: ``build_model``, then the backbone of ``init_from`` (the model file
+    ``model.init_from`` names, loaded by the caller), and its head too when that model had as many labels and the
+    same task; then (``model.freeze: backbone``) the backbone frozen, an ``init_from`` file's or a pretrained
+    package's."""
+    net = build_model(model, in_channels, len(labels), image_size)
+    if init_from is not None:
+        if init_from.model.name != model.name:
+            raise PipelineError(
+                f"model.init_from: {model.init_from} holds a {init_from.model.name}, but model.name is {model.name}"
+            )
+        weights = init_from.state_dict
+        net.load_state_dict({k: v for k, v in weights.items() if not k.startswith("head.")}, strict=False)
+        if len(init_from.labels) == len(labels) and init_from.task == task:
+            net.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
+        else:
+            replace_head(net, len(labels))
+    if model.freeze == "backbone":
+        freeze_backbone(net)
+    return net
