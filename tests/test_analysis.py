@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medmnist_pipeline.evaluation import analysis as an
-from medmnist_pipeline.evaluation import calibration, curves
+from medmnist_pipeline.evaluation import analysis, calibration, curves
 from medmnist_pipeline.figures import save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -52,7 +51,7 @@ def test_confusion_counts_three_class_toy() -> None:
     # true 0 -> predicted [0, 1]; true 1 -> [1, 1, 2]; true 2 -> [2, 1, 1, 0]
     y_true = [0, 0, 1, 1, 1, 2, 2, 2, 2]
     pred = [0, 1, 1, 1, 2, 2, 1, 1, 0]
-    conf = an.confusion(y_true, one_hot_scores(pred, 3), "multi-class", ["a", "b", "c"])
+    conf = analysis.confusion(y_true, one_hot_scores(pred, 3), "multi-class", ["a", "b", "c"])
     expected = np.array(
         [
             [1, 1, 0],  # row 0: one right, one as b
@@ -67,7 +66,9 @@ def test_confusion_counts_three_class_toy() -> None:
 
 def test_confusion_accepts_medmnist_column_labels_and_keeps_absent_classes() -> None:
     # labels shaped (N, 1) as in the npz files; class 2 never occurs, yet keeps its (all-zero) row and column
-    conf = an.confusion(np.array([[0], [1], [1]]), one_hot_scores([0, 1, 0], 3), "ordinal-regression", ["x", "y", "z"])
+    conf = analysis.confusion(
+        np.array([[0], [1], [1]]), one_hot_scores([0, 1, 0], 3), "ordinal-regression", ["x", "y", "z"]
+    )
     np.testing.assert_array_equal(conf["counts"], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
     np.testing.assert_array_equal(conf["normalized"][2], [0, 0, 0])  # empty row: zeros, not NaN
 
@@ -75,7 +76,7 @@ def test_confusion_accepts_medmnist_column_labels_and_keeps_absent_classes() -> 
 def test_confusion_multilabel_is_one_two_by_two_per_label() -> None:
     y_true = np.array([[1, 0], [1, 1], [0, 0]])
     y_score = np.array([[0.9, 0.6], [0.4, 0.7], [0.2, 0.5]])  # p > 0.5: [[1, 1], [0, 1], [0, 0]]; 0.5 is negative
-    conf = an.confusion(y_true, y_score, "multi-label, binary-class", ["l0", "l1"])
+    conf = analysis.confusion(y_true, y_score, "multi-label, binary-class", ["l0", "l1"])
     # label 0: TN = 1 (row 3), FP = 0, FN = 1 (row 2), TP = 1 (row 1)
     # label 1: TN = 1 (row 3), FP = 1 (row 1), FN = 0, TP = 1 (row 2)
     np.testing.assert_array_equal(conf["counts"], [[[1, 0], [1, 1]], [[1, 1], [0, 1]]])
@@ -85,7 +86,7 @@ def test_confusion_multilabel_is_one_two_by_two_per_label() -> None:
 def test_per_class_report_binary_toy() -> None:
     y_true = [1, 1, 1, 0, 0, 0]
     pred = [1, 1, 0, 1, 1, 0]
-    report = an.per_class_report(y_true, one_hot_scores(pred, 2, 0.7), "binary-class", ["normal", "pneumonia"])
+    report = analysis.per_class_report(y_true, one_hot_scores(pred, 2, 0.7), "binary-class", ["normal", "pneumonia"])
     # pneumonia: TP = 2 (rows 1-2), FP = 2 (rows 4-5), FN = 1 (row 3)
     #   precision 2 / 4 = 0.5, recall 2 / 3, F1 = 2 * 0.5 * (2/3) / (0.5 + 2/3) = (2/3) / (7/6) = 4/7
     # normal: TP = 1 (row 6), FP = 1 (row 3), FN = 2 (rows 4-5)
@@ -99,7 +100,7 @@ def test_per_class_report_binary_toy() -> None:
 def test_per_class_report_multilabel_is_per_label() -> None:
     y_true = np.array([[1, 0], [1, 1], [0, 1]])
     y_score = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.3]])  # predicted [[1, 0], [0, 1], [1, 0]]
-    report = an.per_class_report(y_true, y_score, "multi-label, binary-class", ["mass", "edema"])
+    report = analysis.per_class_report(y_true, y_score, "multi-label, binary-class", ["mass", "edema"])
     # mass: TP 1 (row 1), FP 1 (row 3), FN 1 (row 2) -> 1/2, 1/2;  edema: TP 1, FP 0, FN 1 (row 3) -> 1, 1/2
     np.testing.assert_allclose(report[["precision", "recall"]].to_numpy(), [[0.5, 0.5], [1.0, 0.5]])
     assert report["support"].tolist() == [2, 2]
@@ -107,9 +108,9 @@ def test_per_class_report_multilabel_is_per_label() -> None:
 
 def test_most_confused_pairs_largest_first_ties_row_major() -> None:
     counts = np.array([[1, 1, 0], [0, 2, 1], [1, 2, 1]])  # off-diagonal: (c,b)=2, then (a,b)=(b,c)=(c,a)=1
-    assert an.most_confused_pairs(counts, ["a", "b", "c"], 2) == [("c", "b", 2), ("a", "b", 1)]
+    assert analysis.most_confused_pairs(counts, ["a", "b", "c"], 2) == [("c", "b", 2), ("a", "b", 1)]
     # k beyond the non-zero cells: zeros and the diagonal are never reported
-    assert an.most_confused_pairs(counts, ["a", "b", "c"], 10) == [
+    assert analysis.most_confused_pairs(counts, ["a", "b", "c"], 10) == [
         ("c", "b", 2),
         ("a", "b", 1),
         ("b", "c", 1),
@@ -119,11 +120,11 @@ def test_most_confused_pairs_largest_first_ties_row_major() -> None:
 
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown task"):
-        an.confusion([0, 1], one_hot_scores([0, 1], 2), "binary", ["a", "b"])
+        analysis.confusion([0, 1], one_hot_scores([0, 1], 2), "binary", ["a", "b"])
     with pytest.raises(ValueError, match="label names"):
-        an.confusion([0, 1], one_hot_scores([0, 1], 2), "binary-class", ["a", "b", "c"])
+        analysis.confusion([0, 1], one_hot_scores([0, 1], 2), "binary-class", ["a", "b", "c"])
     with pytest.raises(ValueError, match="class indices"):
-        an.confusion([0, 2], one_hot_scores([0, 1], 2), "binary-class", ["a", "b"])
+        analysis.confusion([0, 2], one_hot_scores([0, 1], 2), "binary-class", ["a", "b"])
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -212,10 +213,10 @@ def test_worst_errors_and_uncertain_correct_single_label() -> None:
             [0.3, 0.3, 0.4],  # 5: right at 0.4
         ]
     )
-    np.testing.assert_array_equal(an.worst_errors(y_true, y_score, "multi-class", 2), [2, 0])  # 0.95, 0.7
-    np.testing.assert_array_equal(an.worst_errors(y_true, y_score, "multi-class", 10), [2, 0, 4])  # only 3 exist
-    np.testing.assert_array_equal(an.uncertain_correct(y_true, y_score, "multi-class", 10), [5, 1, 3])  # .4 .5 .9
-    assert an.worst_errors(y_true, one_hot_scores(y_true, 3), "multi-class", 5).size == 0  # no errors at all
+    np.testing.assert_array_equal(analysis.worst_errors(y_true, y_score, "multi-class", 2), [2, 0])  # 0.95, 0.7
+    np.testing.assert_array_equal(analysis.worst_errors(y_true, y_score, "multi-class", 10), [2, 0, 4])  # only 3 exist
+    np.testing.assert_array_equal(analysis.uncertain_correct(y_true, y_score, "multi-class", 10), [5, 1, 3])  # .4 .5 .9
+    assert analysis.worst_errors(y_true, one_hot_scores(y_true, 3), "multi-class", 5).size == 0  # no errors at all
 
 
 def test_worst_errors_multilabel_sorted_by_largest_gap() -> None:
@@ -223,55 +224,15 @@ def test_worst_errors_multilabel_sorted_by_largest_gap() -> None:
     y_score = np.array([[0.4, 0.0], [0.1, 0.9], [0.8, 0.6], [0.2, 0.95]])
     # wrong rows: 0 (label 0 missed, |0.4 - 1| = 0.6) and 1 (label 1 false alarm, |0.9 - 0| = 0.9) -> 1 first
     # right rows: 2 (largest gap |0.6 - 1| = 0.4) and 3 (|0.2 - 0| = 0.2) -> 2 is the less sure one
-    np.testing.assert_array_equal(an.worst_errors(y_true, y_score, "multi-label, binary-class", 5), [1, 0])
-    np.testing.assert_array_equal(an.uncertain_correct(y_true, y_score, "multi-label, binary-class", 5), [2, 3])
+    np.testing.assert_array_equal(analysis.worst_errors(y_true, y_score, "multi-label, binary-class", 5), [1, 0])
+    np.testing.assert_array_equal(analysis.uncertain_correct(y_true, y_score, "multi-label, binary-class", 5), [2, 3])
 
 
 def test_gallery_captions_read_true_and_predicted() -> None:
-    captions = an.gallery_captions([0, 1], [[0.03, 0.97], [0.2, 0.8]], "binary-class", ["normal", "pneumonia"], [0])
+    captions = analysis.gallery_captions(
+        [0, 1], [[0.03, 0.97], [0.2, 0.8]], "binary-class", ["normal", "pneumonia"], [0]
+    )
     assert captions == ["true: normal\npred: pneumonia (0.97)"]
-
-
-# ---------------------------------------------------------------------------------------------- size curve verdicts
-
-
-def test_read_size_curve_still_falling() -> None:
-    df = pd.DataFrame(
-        {
-            "n_train": [500, 1000, 2000, 4000],
-            "train_error": [0.05, 0.07, 0.09, 0.11],
-            "val_error": [0.30, 0.25, 0.21, 0.18],
-            "val_auc": [0.7, 0.75, 0.8, 0.82],
-        }
-    )
-    text = curves.read_size_curve(df.sample(frac=1, random_state=0))  # row order must not matter
-    # last doubling 2000 -> 4000: 21 % -> 18 % = 3.0 points; gap at 4000: 18 - 11 = 7.0 points
-    assert "falls by 3.0 points per doubling" in text
-    assert "gap is 7.0 points" in text
-    assert "more data would likely help" in text
-
-
-def test_read_size_curve_flat() -> None:
-    df = pd.DataFrame(
-        {
-            "n_train": [1000, 2000, 3000, 4000],
-            "train_error": [0.01, 0.02, 0.02, 0.03],
-            "val_error": [0.20, 0.150, 0.148, 0.146],
-        }
-    )
-    text = curves.read_size_curve(df)
-    # last doubling = sizes 2000, 3000, 4000: least-squares slope of 15.0, 14.8, 14.6 against log2(n) is about
-    # -0.4 / 1 doubling; gap at 4000: 14.6 - 3 = 11.6 points
-    assert "flat (falls by only 0.4 points per doubling" in text
-    assert "gap is 11.6 points" in text
-    assert "more data is unlikely to help much" in text
-
-
-def test_read_size_curve_refuses_percentages() -> None:
-    with pytest.raises(ValueError, match="fractions"):
-        curves.read_size_curve(
-            pd.DataFrame({"n_train": [100, 200], "train_error": [5.0, 4.0], "val_error": [20.0, 18.0]})
-        )
 
 
 # ---------------------------------------------------------------------------------------------- figures as PNG
@@ -281,41 +242,41 @@ def test_read_size_curve_refuses_percentages() -> None:
 def test_every_plot_writes_a_png(task: str, tmp_path: Path) -> None:
     y_true, y_score, names = random_predictions(task)
     figures = {
-        "confusion": an.plot_confusion(an.confusion(y_true, y_score, task, names), task),
+        "confusion": analysis.plot_confusion(analysis.confusion(y_true, y_score, task, names), task),
         "reliability": calibration.plot_reliability(calibration.reliability(y_true, y_score, task), task),
         "coverage": calibration.plot_coverage(calibration.coverage_curve(y_true, y_score, task), task),
     }
     if task == "binary-class":
-        figures["roc_pr"] = an.plot_roc_pr(y_true, y_score)
+        figures["roc_pr"] = analysis.plot_roc_pr(y_true, y_score)
     if task == "multi-label, binary-class":
-        figures["auc"] = an.plot_per_label_auc(y_true, y_score, names)
+        figures["auc"] = analysis.plot_per_label_auc(y_true, y_score, names)
     channels = (3,) if task == "multi-class" else ()  # RGB for one task, grey for the others
     images = np.random.default_rng(1).integers(0, 256, (len(y_score), 28, 28, *channels), dtype=np.uint8)
-    for name, pick in (("worst", an.worst_errors), ("uncertain", an.uncertain_correct)):
+    for name, pick in (("worst", analysis.worst_errors), ("uncertain", analysis.uncertain_correct)):
         indices = pick(y_true, y_score, task, 8)
         assert 0 < len(indices) <= 8
-        captions = an.gallery_captions(y_true, y_score, task, names, indices)
-        figures[name] = an.plot_gallery(images, indices, captions, name)
+        captions = analysis.gallery_captions(y_true, y_score, task, names, indices)
+        figures[name] = analysis.plot_gallery(images, indices, captions, name)
     for name, fig in figures.items():
         assert_png(save_figure(fig, tmp_path / "nested" / task / f"{name}.png"))
 
 
 def test_gallery_with_no_and_few_images(tmp_path: Path) -> None:
     images = np.zeros((3, 28, 28), dtype=np.uint8)
-    assert_png(save_figure(an.plot_gallery(images, [], [], "worst errors"), tmp_path / "none.png"))
-    fig = an.plot_gallery(images, [2], ["true: a\npred: b (0.90)"], "one")  # k = 16 asked, one available
+    assert_png(save_figure(analysis.plot_gallery(images, [], [], "worst errors"), tmp_path / "none.png"))
+    fig = analysis.plot_gallery(images, [2], ["true: a\npred: b (0.90)"], "one")  # k = 16 asked, one available
     assert sum(ax.has_data() for ax in fig.axes) == 1
     assert_png(save_figure(fig, tmp_path / "one.png"))
     with pytest.raises(ValueError, match="captions"):
-        an.plot_gallery(images, [0, 1], ["only one"], "mismatch")
+        analysis.plot_gallery(images, [0, 1], ["only one"], "mismatch")
 
 
 def test_confusion_plot_truncates_long_names() -> None:
     names = ["colorectal adenocarcinoma epithelium", "mucus"]
-    fig = an.plot_confusion(an.confusion([0, 1], one_hot_scores([0, 1], 2), "binary-class", names))
+    fig = analysis.plot_confusion(analysis.confusion([0, 1], one_hot_scores([0, 1], 2), "binary-class", names))
     ticks = [label.get_text() for label in fig.axes[0].get_xticklabels()]
     assert ticks == ["colorectal adenocar…", "mucus"]  # 19 characters and an ellipsis
-    assert len(ticks[0]) == an.NAME_MAX
+    assert len(ticks[0]) == analysis.NAME_MAX
 
 
 def test_history_and_size_curve_plots(tmp_path: Path) -> None:

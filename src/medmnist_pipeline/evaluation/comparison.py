@@ -11,10 +11,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from medmnist_pipeline.config.params import BootstrapParams
 from medmnist_pipeline.metadata import BINARY, MULTI_LABEL
 from medmnist_pipeline.metrics import _checked, official_acc, official_auc, predicted_labels
 
@@ -22,6 +24,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, str], float]] = {"auc": off
 
 
 # ---- the floor and the ensemble ------------------------------------------------------------------------------------
+
+FLOOR = "majority"  # the majority-class predictor's row
 
 
 def majority_scores(train_labels: np.ndarray, n: int, task: str, n_columns: int) -> np.ndarray:
@@ -242,60 +246,6 @@ def spread(sd: float) -> str:
     return f"{sd:.3f}" if sd == 0 or sd >= 0.0005 or math.isnan(sd) else f"{sd:.1g}"
 
 
-def interval_words(low: float, high: float, unit: str = "") -> str:
-    """``cannot tell`` when the interval of a difference includes 0, else ``higher`` / ``lower``."""
-    if math.isnan(low) or math.isnan(high) or low <= 0 <= high:
-        return "cannot tell"
-    return f"higher{unit}" if low > 0 else f"lower{unit}"
-
-
-# ---- noise of a validation metric (tune) ----------------------------------------------------------------------------
-
-
-# ---- size curve -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SizeSlope:
-    """Least-squares slope of error against log2(training fraction): change in error per doubling of the data."""
-
-    slope: float
-    low: float
-    high: float
-    points: int
-    confidence: float
-
-    def sentence(self, what: str = "validation error") -> str:
-        if math.isnan(self.low):
-            return f"Cannot tell how {what} changes with more data: {self.points} points are too few for an interval."
-        per = (
-            f"{100 * self.slope:+.1f} points per doubling ({self.confidence:.0%} CI {100 * self.low:+.1f} to "
-            f"{100 * self.high:+.1f}, {self.points} runs)"
-        )
-        if self.low <= 0 <= self.high:
-            return f"Cannot tell whether more data would lower {what}: {per}; the interval includes 0."
-        if self.high < 0:
-            return f"{what.capitalize()} falls with more data: {per}; more data would likely help."
-        return f"{what.capitalize()} rises with more data: {per}; check the runs (more data should not hurt)."
-
-
-def size_slope(fractions: Sequence[float], errors: Sequence[float], confidence: float = 0.95) -> SizeSlope:
-    """Fit error = a + b log2(fraction) over all runs (several seeds per fraction are separate points) and give b
-    with its t interval; the interval is NaN with fewer than 3 points or one fraction only."""
-    x = np.log2(np.asarray(fractions, float))
-    y = np.asarray(errors, float)
-    keep = ~np.isnan(y)
-    x, y = x[keep], y[keep]
-    n = len(x)
-    if n < 2 or np.ptp(x) == 0:
-        return SizeSlope(math.nan, math.nan, math.nan, n, confidence)
-    fit = stats.linregress(x, y)
-    if n < 3:
-        return SizeSlope(float(fit.slope), math.nan, math.nan, n, confidence)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr
-    return SizeSlope(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, confidence)
-
-
 # ---- choosing and reporting -----------------------------------------------------------------------------------------
 
 
@@ -328,3 +278,28 @@ def tuned_vs_untuned(diffs: Sequence[Difference], tuned: str = "tuned", untuned:
         better = " and ".join(m.upper() for m, v in verdicts.items() if v == "better")
         return f"The tuned model is better than the untuned one in {better}: {detail}."
     return f"The tuned and untuned models trade places (one metric better, one worse): {detail}."
+
+
+def compare_models(
+    labels: np.ndarray,
+    test_scores: dict[str, np.ndarray],
+    metrics: dict[str, dict[str, Any]],
+    task: str,
+    label_names: Sequence[str],
+    bootstrap: BootstrapParams,
+    seed: int,
+) -> tuple[list[Difference], list[str]]:
+    """Paired comparisons of the models on the same test images (tuned, cnn, the ensembles, baseline, the floor),
+    and the flags of the models that are useless whatever their numbers (judged with their test AUC interval)."""
+    order = [n for n in ("tuned", "cnn", "tuned ensemble", "cnn ensemble", "baseline", FLOOR) if n in test_scores]
+    chosen = {n: test_scores[n] for n in order}
+    paired = paired_differences(labels, chosen, task, bootstrap.resamples, seed, bootstrap.confidence)
+    flags = [
+        flag
+        for name in order
+        if name != FLOOR
+        for flag in usefulness_flags(
+            name, labels, test_scores[name], task, label_names, tuple(metrics[name]["test"]["auc_ci"])
+        )
+    ]
+    return paired, flags

@@ -3,20 +3,18 @@ with the one-sentence reading of the size curve the evaluation report uses."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
-from medmnist_pipeline.figures import new_figure, note, save_figure
-
-# read_size_curve: below this drop in validation error per doubling of the data, the curve counts as flat.
-# One point is about the standard error of a 10 % error rate measured on 1,000 images (sqrt(.1 * .9 / 1000)
-# = 0.95 points), so a smaller drop is within the noise of a single validation split.
-MIN_DROP_POINTS = 1.0
+from medmnist_pipeline.figures import new_figure, note, note_figure, save_figure
 
 
 def _plot_series(ax: Any, x: pd.Series, frame: pd.DataFrame, columns: Sequence[str]) -> int:
@@ -118,40 +116,6 @@ def plot_size_curve(df: pd.DataFrame, title: str = "Learning curve vs training-s
     return fig
 
 
-def read_size_curve(df: pd.DataFrame, min_drop_points: float = MIN_DROP_POINTS) -> str:
-    """One sentence reading the size curve: is validation error still falling, and how big is the train/val gap?
-
-    Errors are fractions in [0, 1]; "points" are percentage points. The slope is the least-squares drop in
-    validation error per doubling of n_train over the last doubling (points with n_train >= max / 2), or
-    between the last two sizes when the last doubling holds a single point. The curve counts as still falling
-    when that drop is at least ``min_drop_points`` (default 1 point; see MIN_DROP_POINTS for why).
-    """
-    rows = df.dropna(subset=["n_train", "train_error", "val_error"]).sort_values("n_train")
-    if len(rows) < 2 or rows["n_train"].nunique() < 2:
-        raise ValueError("need at least two training-set sizes with train_error and val_error")
-    errors = rows[["train_error", "val_error"]].to_numpy(dtype=float)
-    if errors.min() < 0 or errors.max() > 1:
-        raise ValueError("train_error and val_error must be fractions in [0, 1]")
-    n = rows["n_train"].to_numpy(dtype=float)
-    val = rows["val_error"].to_numpy(dtype=float) * 100
-    gap = (rows["val_error"].iloc[-1] - rows["train_error"].iloc[-1]) * 100
-    last = n >= n[-1] / 2
-    if np.unique(n[last]).size < 2:
-        last = np.arange(len(n)) >= len(n) - 2
-    slope = np.polyfit(np.log2(n[last]), val[last], 1)[0]  # points of error per doubling (negative = falling)
-    drop = -slope
-    if drop >= min_drop_points:
-        return (
-            f"Validation error still falls by {drop:.1f} points per doubling of the data and the train/val gap "
-            f"is {gap:.1f} points: more data would likely help."
-        )
-    trend = f"falls by only {drop:.1f}" if drop >= 0 else f"rises by {-drop:.1f}"
-    return (
-        f"Validation error is flat ({trend} points per doubling of the data) and the train/val gap is "
-        f"{gap:.1f} points: more data is unlikely to help much."
-    )
-
-
 def history_frame(histories: dict[str, Sequence[dict[str, Any]]]) -> pd.DataFrame:
     """Per-epoch histories of several models (name -> rows), as one long table with a ``model`` column."""
     long = pd.concat(
@@ -166,3 +130,68 @@ def write_learning_curves(histories: pd.DataFrame, out_dir: Path, title: str) ->
     wide.columns = [f"{model}_{column}" for column, model in wide.columns]
     wide.reset_index().to_csv(out_dir / "learning_curves.csv", index=False)
     save_figure(plot_histories(histories, title), out_dir / "learning_curves.png")
+
+
+def write_size_curve(sizes: pd.DataFrame, out_dir: Path) -> str | None:
+    """``size_curve.csv`` and ``size_curve.png``; returns the curve read with its noise (``size_reading``), or None
+    with fewer than two sizes."""
+    sizes.to_csv(out_dir / "size_curve.csv", index=False)
+    figure = (
+        plot_size_curve(sizes, "Training-set size curve (tuned configuration)")
+        if len(sizes)
+        else note_figure("not computed: evaluate.learning_curve.fractions is []")
+    )
+    save_figure(figure, out_dir / "size_curve.png")
+    return size_reading(sizes) if len(sizes) >= 2 else None
+
+
+def size_reading(sizes: pd.DataFrame) -> str:
+    """The size curve read with its noise: a fitted slope per doubling with an interval, and the final gap."""
+    slope = size_slope(sizes["fraction"].tolist(), sizes["val_error"].tolist())
+    last = sizes.sort_values("fraction").iloc[-1]
+    gap = 100 * (last["val_error"] - last["train_error"])
+    return (
+        f"{slope.sentence()} Train/val error gap at the full training set: {gap:.1f} points "
+        "(errors at each run's AUC-selected epoch)."
+    )
+
+
+@dataclass(frozen=True)
+class SizeSlope:
+    """Least-squares slope of error against log2(training fraction): change in error per doubling of the data."""
+
+    slope: float
+    low: float
+    high: float
+    points: int
+    confidence: float
+
+    def sentence(self, what: str = "validation error") -> str:
+        if math.isnan(self.low):
+            return f"Cannot tell how {what} changes with more data: {self.points} points are too few for an interval."
+        per = (
+            f"{100 * self.slope:+.1f} points per doubling ({self.confidence:.0%} CI {100 * self.low:+.1f} to "
+            f"{100 * self.high:+.1f}, {self.points} runs)"
+        )
+        if self.low <= 0 <= self.high:
+            return f"Cannot tell whether more data would lower {what}: {per}; the interval includes 0."
+        if self.high < 0:
+            return f"{what.capitalize()} falls with more data: {per}; more data would likely help."
+        return f"{what.capitalize()} rises with more data: {per}; check the runs (more data should not hurt)."
+
+
+def size_slope(fractions: Sequence[float], errors: Sequence[float], confidence: float = 0.95) -> SizeSlope:
+    """Fit error = a + b log2(fraction) over all runs (several seeds per fraction are separate points) and give b
+    with its t interval; the interval is NaN with fewer than 3 points or one fraction only."""
+    x = np.log2(np.asarray(fractions, float))
+    y = np.asarray(errors, float)
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    if n < 2 or np.ptp(x) == 0:
+        return SizeSlope(math.nan, math.nan, math.nan, n, confidence)
+    fit = stats.linregress(x, y)
+    if n < 3:
+        return SizeSlope(float(fit.slope), math.nan, math.nan, n, confidence)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr
+    return SizeSlope(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, confidence)

@@ -1,8 +1,11 @@
-"""reports/evaluate/report.md: one page read top to bottom, built from the evaluate stage's results."""
+"""What the evaluate stage writes: reports/evaluate/report.md (one page read top to bottom), the tables beside it
+(metrics.json, comparison.csv, seeds.csv, paired.csv) and the metrics its MLflow run logs."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +13,8 @@ import pandas as pd
 
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.evaluation.comparison import Difference, compare_words, quoted, spread, tuned_vs_untuned
+from medmnist_pipeline.evaluation.retrains import SeedRetrains
+from medmnist_pipeline.evaluation.robustness import Robustness
 
 REFERENCE_ROW = "ResNet-18 (28)"  # the benchmark's 28 px baseline: the row a small CNN should beat
 
@@ -204,3 +209,39 @@ def render(inputs: ReportInputs) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def write_tables(
+    out_dir: Path,
+    metrics: dict[str, dict[str, Any]],
+    seeds: SeedRetrains,
+    robustness: dict[str, Robustness] | None,
+    comparison: pd.DataFrame,
+    paired: list[Difference],
+) -> None:
+    """metrics.json (every model's test and val metrics, seed statistics, robustness summaries), comparison.csv,
+    seeds.csv and paired.csv."""
+    results: dict[str, Any] = {**metrics, **{f"{n}_seeds": s for n, s in seeds.stats.items() if s}}
+    if robustness:
+        results["robustness"] = {name: r.summary() for name, r in robustness.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    comparison.to_csv(out_dir / "comparison.csv", index=False)
+    seeds.table.to_csv(out_dir / "seeds.csv", index=False)
+    pd.DataFrame([d.__dict__ for d in paired]).to_csv(out_dir / "paired.csv", index=False)
+
+
+def run_metrics(
+    metrics: dict[str, dict[str, Any]], pick: str, ece: float, robustness: dict[str, Robustness] | None
+) -> dict[str, float]:
+    """What the evaluate run logs to MLflow: ``{split}/{acc,auc}/{model}`` for every model, ``test/acc``,
+    ``test/auc`` and ``ece`` of the pick, and the robustness figures; NaNs left out, names without spaces."""
+    logged = {
+        f"{split}/{metric}/{name}": m[split][metric]
+        for name, m in metrics.items()
+        for split in ("test", "val")
+        for metric in ("acc", "auc")
+    }
+    logged.update({"test/acc": metrics[pick]["test"]["acc"], "test/auc": metrics[pick]["test"]["auc"], "ece": ece})
+    for name, r in (robustness or {}).items():
+        logged.update({f"{key}/{name}": value for key, value in r.mlflow_metrics().items()})
+    return {k.replace(" ", "_"): v for k, v in logged.items() if not np.isnan(v)}

@@ -90,6 +90,8 @@ def size_curve(
     """
     rows = []
     everything = np.arange(len(splits["train"].labels))
+    if fractions:
+        log(f"training-set-size curve: retraining the tuned configuration on {len(fractions)} fractions")
     for fraction in sorted(fractions):
         retrained = (
             Retrained(tuned, everything, 0.0)
@@ -194,3 +196,35 @@ def seed_summary(seeds: pd.DataFrame) -> dict[str, Any] | None:
         "val": {"acc": float(mean["val_acc"]), "auc": float(mean["val_auc"])},
         "seeds": [int(seed) for seed in seeds["seed"]],
     }
+
+
+@dataclass
+class SeedRetrains:
+    table: pd.DataFrame  # one row per (model, seed): val and test ACC/AUC (seeds.csv)
+    stats: dict[str, dict[str, Any] | None]  # model -> seed_summary (None without seeds)
+    ensembles: dict[str, list[ModelFile]]  # "<model> ensemble" -> its members, for models with 2 or more seeds
+
+
+def seed_retrains(
+    sections: dict[str, TrainParams],
+    params: Params,
+    meta: DatasetMeta,
+    splits: dict[str, Split],
+    models: dict[str, ModelFile],
+    parent_run_id: str | None,
+    log=print,
+) -> SeedRetrains:
+    """Each configuration (model name -> its train section) retrained with every seed of ``evaluate.seeds``; the
+    ensemble of a configuration averages its members' probabilities."""
+    seeds = params.evaluate.seeds
+    frames, members = [], {}
+    for name, section in sections.items():
+        if seeds:
+            log(f"retraining the {name} configuration with seeds {seeds}")
+        frame, files = seed_runs(name, section, params, meta, splits, seeds, models[name], parent_run_id)
+        frames.append(frame)
+        members[name] = files
+    table = pd.concat(frames, ignore_index=True)
+    stats = {name: seed_summary(table[table["model"] == name]) for name in members}
+    ensembles = {f"{name} ensemble": files for name, files in members.items() if len(files) > 1}
+    return SeedRetrains(table, stats, ensembles)

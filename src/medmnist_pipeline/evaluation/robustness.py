@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from medmnist_pipeline.evaluation.comparison import balanced_error
-from medmnist_pipeline.transforms.corruptions import corrupt
+from medmnist_pipeline.config.params import RobustnessParams
+from medmnist_pipeline.data.dataset import DatasetMeta, Split
+from medmnist_pipeline.data.layout import nchw, stored_layout
+from medmnist_pipeline.evaluation.comparison import balanced_error, ensemble_scores
+from medmnist_pipeline.figures import note_figure, save_figure
+from medmnist_pipeline.models.modelfile import ModelFile
+from medmnist_pipeline.transforms.corruptions import corrupt, corruptions_grid
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 images -> (N, C) probabilities
 
@@ -157,3 +164,51 @@ def robustness_figure(results: dict[str, Robustness], title: str) -> Any:
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def robustness_of_models(
+    settings: RobustnessParams,
+    models: dict[str, ModelFile],
+    ensembles: dict[str, list[ModelFile]],
+    test: Split,
+    meta: DatasetMeta,
+    seed: int,
+    out: Path,
+) -> dict[str, Robustness] | None:
+    """Balanced error under the configured corruptions for the single models and the seed ensembles; writes
+    robustness.csv, robustness.png and the preview grid. None when evaluate.robustness.corruptions is []: the
+    declared outputs still exist, and say why they are empty."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not settings.corruptions:
+        pd.DataFrame(columns=["model", "corruption", "clean_error", "mean_error", "degradation"]).to_csv(
+            out / "robustness.csv", index=False
+        )
+        for name in ("robustness.png", "corruption_preview.png"):
+            save_figure(note_figure("not computed: evaluate.robustness.corruptions is []"), out / name)
+        return None
+    images = stored_layout(test.images)  # (N, H, W[, C]) uint8: what the corruptions take
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def predictor(model: ModelFile) -> Predictor:
+        def predict(x: np.ndarray) -> np.ndarray:
+            # each corrupted set is predicted once per model file, however many rows (single, ensemble) use it
+            hit = cache.get(id(model))
+            if hit is None or hit[0] is not x:
+                cache[id(model)] = (x, model.predict(nchw(np.ascontiguousarray(x))))
+            return cache[id(model)][1]
+
+        return predict
+
+    predictors = {name: predictor(models[name]) for name in ("baseline", "cnn", "tuned")}
+    for name, files in ensembles.items():
+        parts = [predictor(f) for f in files]  # the params.seed member is the single model's file: cached
+        predictors[name] = lambda x, parts=parts: ensemble_scores([p(x) for p in parts])
+    print(f"robustness: {len(settings.corruptions)} corruptions x severities {settings.severities}")
+    results = evaluate_robustness(
+        predictors, images, test.labels, meta.task, meta.flag, settings.corruptions, settings.severities, seed
+    )
+    pd.DataFrame(robustness_rows(results)).to_csv(out / "robustness.csv", index=False)
+    title = f"Balanced error under MedMNIST-C corruptions ({meta.flag})"
+    save_figure(robustness_figure(results, title), out / "robustness.png")
+    save_figure(corruptions_grid(images[0], meta.flag, settings.corruptions, seed), out / "corruption_preview.png")
+    return results

@@ -1,7 +1,7 @@
-"""The evaluate stage's work: official test metrics with bootstrap intervals, the MedMNIST v2 reference rows, and
-retrains of the tuned configuration (training-set-size curve, several seeds).
-
-This is the only module that reads the test split; a test checks that no other stage opens it.
+"""Scoring the models on the test split: official metrics with bootstrap intervals (and validation metrics beside
+them), the seed ensembles' and the majority floor's rows, the MedMNIST v2 reference rows, the comparison table and
+the error analysis of the model validation picks. Only the evaluation package reads the test split; a test checks
+that no other stage opens it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medmnist_pipeline.config.params import BootstrapParams
+from medmnist_pipeline.config.params import BootstrapParams, ErrorAnalysisParams
 from medmnist_pipeline.data.dataset import DatasetMeta, Split
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.evaluation.comparison import spread
+from medmnist_pipeline.evaluation.comparison import FLOOR, ensemble_scores, majority_scores, spread, validation_pick
 from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import BINARY
 from medmnist_pipeline.metrics import bootstrap_ci, official_acc, official_auc
@@ -88,6 +88,66 @@ def score_models(
             f"ACC {t['acc']:.4f} [{t['acc_ci'][0]:.4f}, {t['acc_ci'][1]:.4f}]"
         )
     return metrics, test_scores
+
+
+def add_ensembles(
+    metrics: dict[str, dict[str, Any]],
+    test_scores: dict[str, np.ndarray],
+    ensembles: dict[str, list[ModelFile]],
+    splits: dict[str, Split],
+    task: str,
+    bootstrap: BootstrapParams,
+    seed: int,
+) -> None:
+    """Rows for the seed ensembles (name -> member files): the members' averaged probabilities, scored like a model."""
+    for name, files in ensembles.items():
+        test_scores[name] = ensemble_scores([scores(f, splits["test"]) for f in files])
+        val_score = ensemble_scores([scores(f, splits["val"]) for f in files])
+        metrics[name] = {
+            "test": metrics_with_ci(splits["test"].labels, test_scores[name], task, bootstrap, seed),
+            "val": split_metrics(splits["val"].labels, val_score, task),
+        }
+
+
+def add_majority_floor(
+    metrics: dict[str, dict[str, Any]],
+    test_scores: dict[str, np.ndarray],
+    splits: dict[str, Split],
+    task: str,
+    bootstrap: BootstrapParams,
+    seed: int,
+) -> None:
+    """The floor's row: always the most frequent training class (all-negative for multi-label)."""
+    n_columns = next(iter(test_scores.values())).shape[1]
+    train, val, test = splits["train"].labels, splits["val"].labels, splits["test"].labels
+    test_scores[FLOOR] = majority_scores(train, len(test), task, n_columns)
+    metrics[FLOOR] = {
+        "test": metrics_with_ci(test, test_scores[FLOOR], task, bootstrap, seed),
+        "val": split_metrics(val, majority_scores(train, len(val), task, n_columns), task),
+    }
+
+
+def score_all(
+    models: dict[str, ModelFile],
+    ensembles: dict[str, list[ModelFile]],
+    splits: dict[str, Split],
+    task: str,
+    bootstrap: BootstrapParams,
+    seed: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """``score_models``, then the rows of the seed ensembles and of the majority floor, in that order."""
+    metrics, test_scores = score_models(models, splits, task, bootstrap, seed)
+    add_ensembles(metrics, test_scores, ensembles, splits, task, bootstrap, seed)
+    add_majority_floor(metrics, test_scores, splits, task, bootstrap, seed)
+    return metrics, test_scores
+
+
+def pick_on_validation(metrics: dict[str, dict[str, Any]], models: dict[str, ModelFile]) -> str:
+    """The model validation picks among the model files (they can be registered): validation AUC, ties broken by
+    the validation loss each file records. Never looks at test."""
+    return validation_pick(
+        {name: {"auc": metrics[name]["val"]["auc"], "loss": models[name].val.get("loss")} for name in models}
+    )
 
 
 def reference_rows(flag: str) -> pd.DataFrame:
@@ -161,43 +221,47 @@ def error_analysis(
     label_names: list[str],
     out_dir: Path,
     model: str,
-    gallery: int,
-    calibration_bins: int,
+    settings: ErrorAnalysisParams,
 ) -> dict[str, Any]:
     """Write the error-analysis figures and per-class table of ``model`` to ``out_dir``; return the findings the
     report's sentences use (ECE, coverage at target accuracies, most confused pairs)."""
-    from medmnist_pipeline.evaluation import analysis as A
-    from medmnist_pipeline.evaluation import calibration as C
+    from medmnist_pipeline.evaluation import analysis, calibration
     from medmnist_pipeline.figures import save_figure
 
-    labels = split.labels if A.is_multilabel(task) else split.labels[:, 0]
+    labels = split.labels if analysis.is_multilabel(task) else split.labels[:, 0]
     where = f"{model}, test split"
-    conf = A.confusion(labels, y_score, task, label_names)
-    save_figure(A.plot_confusion(conf, f"Confusion matrix ({where})"), out_dir / "confusion.png")
-    A.per_class_report(labels, y_score, task, label_names).to_csv(out_dir / "per_class.csv")
-    rel = C.reliability(labels, y_score, task, calibration_bins)
-    save_figure(C.plot_reliability(rel, f"Reliability ({where}), ECE {rel['ece']:.3f}"), out_dir / "reliability.png")
-    curve = C.coverage_curve(labels, y_score, task)
-    save_figure(C.plot_coverage(curve, f"Accuracy vs coverage ({where})"), out_dir / "coverage.png")
+    conf = analysis.confusion(labels, y_score, task, label_names)
+    save_figure(analysis.plot_confusion(conf, f"Confusion matrix ({where})"), out_dir / "confusion.png")
+    analysis.per_class_report(labels, y_score, task, label_names).to_csv(out_dir / "per_class.csv")
+    rel = calibration.reliability(labels, y_score, task, settings.calibration_bins)
+    save_figure(
+        calibration.plot_reliability(rel, f"Reliability ({where}), ECE {rel['ece']:.3f}"), out_dir / "reliability.png"
+    )
+    curve = calibration.coverage_curve(labels, y_score, task)
+    save_figure(calibration.plot_coverage(curve, f"Accuracy vs coverage ({where})"), out_dir / "coverage.png")
     if task == BINARY:
-        figure = A.plot_roc_pr(labels, y_score, f"ROC and precision-recall ({where})")
+        figure = analysis.plot_roc_pr(labels, y_score, f"ROC and precision-recall ({where})")
     else:  # per label, or per class one-vs-rest
-        one_hot = labels if A.is_multilabel(task) else np.eye(len(label_names), dtype=int)[labels]
-        unit = "label" if A.is_multilabel(task) else "class (one vs rest)"
-        figure = A.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
+        one_hot = labels if analysis.is_multilabel(task) else np.eye(len(label_names), dtype=int)[labels]
+        unit = "label" if analysis.is_multilabel(task) else "class (one vs rest)"
+        figure = analysis.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
     save_figure(figure, out_dir / "auc_curves.png")
-    images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display
+    images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display (plot_gallery takes C = 1 too)
     for name, picked, title in (
-        ("worst_errors", A.worst_errors(labels, y_score, task, gallery), "Most confidently wrong"),
-        ("uncertain_correct", A.uncertain_correct(labels, y_score, task, gallery), "Least confident among the correct"),
+        ("worst_errors", analysis.worst_errors(labels, y_score, task, settings.gallery), "Most confidently wrong"),
+        (
+            "uncertain_correct",
+            analysis.uncertain_correct(labels, y_score, task, settings.gallery),
+            "Least confident among the correct",
+        ),
     ):
-        captions = A.gallery_captions(labels, y_score, task, label_names, picked)
-        save_figure(A.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
-    pairs = [] if A.is_multilabel(task) else A.most_confused_pairs(conf["counts"], label_names, k=3)
+        captions = analysis.gallery_captions(labels, y_score, task, label_names, picked)
+        save_figure(analysis.plot_gallery(images, picked, captions, f"{title} ({where})"), out_dir / f"{name}.png")
+    pairs = [] if analysis.is_multilabel(task) else analysis.most_confused_pairs(conf["counts"], label_names, k=3)
     return {
         "ece": rel["ece"],
         "confused_pairs": pairs,
-        "coverage": {target: C.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)},
+        "coverage": {target: calibration.coverage_at_accuracy(curve, target) for target in (0.9, 0.95, 0.99)},
     }
 
 

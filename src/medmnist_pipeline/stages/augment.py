@@ -16,11 +16,11 @@ from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, stage_run
 from medmnist_pipeline.transforms.augmentation import (
     augment_images,
+    copies_grid,
     corrupt_copies,
     default_workers,
     open_output,
     preview_copies,
-    preview_grid,
     serialize,
 )
 
@@ -73,7 +73,7 @@ def main(params_path: str) -> None:
         augmented = np.load(AUGMENTED_DIR / "train_images.npy", mmap_mode="r", allow_pickle=False)
         if online:  # the preview's images made the way training will make them
             augmented = preview_copies(images, params.augment.transforms, copies, params.seed)
-        preview = save_figure(preview_grid(images, augmented), reports_dir("augment") / "preview.png")
+        preview = save_figure(copies_grid(images, augmented), reports_dir("augment") / "preview.png")
 
         mlflow.log_metrics({"augment_images_per_s": rate, "augment_seconds": seconds})
         mlflow.log_artifact(str(preview), artifact_path="augment")

@@ -231,7 +231,7 @@ def _first_line(exc: Exception) -> str:
 def preview_copies(
     images: np.ndarray, transforms: Transforms, copies: int, seed: int, n_images: int = 6, n_copies: int = 7
 ) -> np.ndarray:
-    """What :func:`preview_grid` reads from the materialised copies, made for its few images only (online mode):
+    """What :func:`copies_grid` reads from the materialised copies, made for its few images only (online mode):
     indexed ``[:n, image]`` like the materialised array, for the picked images only."""
     picks = np.linspace(0, len(images) - 1, n_images).astype(int)
     out = np.zeros((min(copies, n_copies), len(picks), *images.shape[1:]), np.uint8)
@@ -242,7 +242,7 @@ def preview_copies(
 
 
 class _Sparse:
-    """Copies known only at a few image indices; indexing ``[:n, i]`` as preview_grid does."""
+    """Copies known only at a few image indices; indexing ``[:n, i]`` as copies_grid does."""
 
     def __init__(self, rows: np.ndarray, picks: np.ndarray) -> None:
         self.rows, self.where = rows, {int(i): j for j, i in enumerate(picks)}
@@ -255,7 +255,7 @@ class _Sparse:
         return self.rows[copies, self.where[int(image)]]
 
 
-def preview_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n_copies: int = 7) -> Any:
+def copies_grid(images: np.ndarray, augmented: np.ndarray, n_images: int = 6, n_copies: int = 7) -> Any:
     """A figure of a few training images (rows), each beside its first augmented copies, for a person to check."""
     from medmnist_pipeline.figures import image_grid
 

@@ -359,7 +359,7 @@ def random_corruptions(images: np.ndarray, flag: str, names: list[str], seed: in
     return out
 
 
-def preview_grid(image: np.ndarray, flag: str, names: list[str], seed: int) -> Any:
+def corruptions_grid(image: np.ndarray, flag: str, names: list[str], seed: int) -> Any:
     """A figure of one image under every corruption (rows) and severity (columns, after the clean image), to check
     by eye that each corruption looks like its name and grows with the severity."""
     from medmnist_pipeline.figures import image_grid
