@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmnist_pipeline.models.pretrained import build_pretrained, compute_features, freeze_backbone
+from medmnist_pipeline.models.networks import freeze_backbone
+from medmnist_pipeline.models.pretrained import build_pretrained, compute_features
 
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 

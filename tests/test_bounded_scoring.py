@@ -48,7 +48,7 @@ SCORE = textwrap.dedent(
 PREDICT = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from medmnist_pipeline import predict
+    from medmnist_pipeline.predict import run as predict
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     torch.set_num_threads(1)
     model, npz, mode, out = sys.argv[1:5]

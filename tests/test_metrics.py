@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from medmnist_pipeline.metrics import (
-    OfficialMetrics,
     bootstrap_ci,
     official_acc,
     official_auc,
 )
 from medmnist_pipeline.models.conventions import scores_from_logits
+from medmnist_pipeline.training.classifier import OfficialMetrics
 
 TASKS = ["binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression"]
 

@@ -25,7 +25,7 @@ from medmnist_pipeline import cli
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.models.build import build_model
 from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
-from medmnist_pipeline.predict import tracking_store
+from medmnist_pipeline.predict.model import tracking_store
 from test_training import prepare, tiny, use_custom
 
 LABELS = ["a", "b", "c"]
@@ -96,7 +96,7 @@ def probabilities(body: list[list[str]]) -> np.ndarray:
 
 
 def expected_scores(model_path: Path, pixels: list[np.ndarray]) -> np.ndarray:
-    """predict_scores of the exported model on uint8 (C, H, W) pixels prepared independently of predict.py."""
+    """predict_scores of the exported model on uint8 (C, H, W) pixels prepared independently of the predict package."""
     return ModelFile.load(model_path).predict(torch.from_numpy(np.stack(pixels)))
 
 
@@ -166,10 +166,10 @@ def test_files_folder_and_out_match_predict_scores(trained: dict, tmp_path: Path
 
 
 def test_large_npz_is_memory_mapped_or_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medmnist_pipeline import predict
-    from medmnist_pipeline.predict import StreamedMember, _open_member
+    from medmnist_pipeline.predict import inputs
+    from medmnist_pipeline.predict.inputs import StreamedMember, _open_member
 
-    monkeypatch.setattr(predict, "STREAM_CHUNK_BYTES", 2 * 28 * 28)  # chunks of 2 images: 3 chunks, and restarts
+    monkeypatch.setattr(inputs, "STREAM_CHUNK_BYTES", 2 * 28 * 28)  # chunks of 2 images: 3 chunks, and restarts
 
     images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
     np.savez(tmp_path / "stored.npz", test_images=images)

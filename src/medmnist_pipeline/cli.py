@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "predict":  # not a stage: its own arguments
-            from medmnist_pipeline import predict
+            from medmnist_pipeline.predict import run as predict
 
             predict.main(args.model, args.images, out=args.out, params=args.params, batch_size=args.batch_size)
             return 0

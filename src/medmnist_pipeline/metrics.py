@@ -1,5 +1,5 @@
-"""The official MedMNIST metrics (``medmnist.evaluator.getACC``/``getAUC`` of medmnist 3.0.2), in numpy for reports
-and as a torchmetrics ``Metric`` for training.
+"""The official MedMNIST metrics (``medmnist.evaluator.getACC``/``getAUC`` of medmnist 3.0.2) in numpy, the one rule
+for predicted labels, and bootstrap intervals (training wraps them in a torchmetrics ``Metric``: classifier.py).
 
 - ACC: binary, positive-class score > threshold; multi-class and ordinal, argmax; multi-label, the mean over labels
   of the per-label accuracy at score > threshold.
@@ -20,14 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from medmnist_pipeline.metadata import BINARY, MULTI_LABEL, TASKS, THRESHOLD
 
 
-def _checked(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+def checked_scores(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(N,) labels for single-label tasks, (N, L) for multi-label; (N, C) scores."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -58,7 +55,7 @@ def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
 
 def official_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     """``medmnist.evaluator.getAUC``. ``y_true``: (N,) or (N, 1) labels, (N, L) if multi-label; ``y_score``: (N, C)."""
-    y_true, y_score = _checked(y_true, y_score, task)
+    y_true, y_score = checked_scores(y_true, y_score, task)
     if task == BINARY:
         return binary_auc(y_true == 1, y_score[:, -1])
     if task == MULTI_LABEL:
@@ -82,43 +79,8 @@ def predicted_labels(y_score: np.ndarray, task: str, threshold: float = THRESHOL
 def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = THRESHOLD) -> float:
     """``medmnist.evaluator.getACC``; shapes as in ``official_auc``. For multi-label, every label has N samples, so
     the mean of per-label accuracies is the overall mean."""
-    y_true, y_score = _checked(y_true, y_score, task)
+    y_true, y_score = checked_scores(y_true, y_score, task)
     return float(np.mean(predicted_labels(y_score, task, threshold) == y_true))
-
-
-class OfficialMetrics(Metric):
-    """The official ACC and AUC over a whole epoch, for a LightningModule.
-
-        It keeps every score and target (gathered across DDP ranks by concatenation) and computes the numpy
-        functions above once in ``compute``, so the numbers are exactly the evaluator's. A val split of MedMNIST is
-        at most ~100k x 14 floats, so keeping it all is cheap. The results are float32 tensors (the default dtype,
-    which every accelerator supports); an undefined AUC is ``tensor(nan)``.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, task: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-        self.task = task
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-
-    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """``scores``: (B, C) probabilities; ``targets``: (B,) or (B, 1) class indices, (B, L) 0/1 for multi-label."""
-        self.scores.append(scores.detach().float())
-        self.targets.append(targets.detach().long().reshape(len(targets), -1))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        scores = dim_zero_cat(self.scores).cpu().numpy()
-        targets = dim_zero_cat(self.targets).cpu().numpy()
-        return {
-            "acc": torch.tensor(official_acc(targets, scores, self.task)),
-            "auc": torch.tensor(official_auc(targets, scores, self.task)),
-        }
 
 
 def bootstrap_values(
@@ -167,7 +129,7 @@ def bootstrap_ci(
 
 def mean_log_loss(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     """The training loss on probabilities: cross-entropy of the true class, or binary cross-entropy per label."""
-    y_true, y_score = _checked(y_true, y_score, task)
+    y_true, y_score = checked_scores(y_true, y_score, task)
     p = np.clip(np.asarray(y_score, float), 1e-7, 1 - 1e-7)
     if task == MULTI_LABEL:
         return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))

@@ -41,6 +41,8 @@ Flag = Literal[
 
 
 class DownloadParams(Section):
+    """Read by ``data.dataset.download``: only when the file is neither present nor in the mirror."""
+
     timeout_s: Annotated[float, Field(gt=0, le=3600)]
     retries: Annotated[int, Field(ge=0, le=20)]
     backoff_s: Annotated[float, Field(ge=0, le=600)]  # wait before the first retry; doubles each time
@@ -55,6 +57,8 @@ class CustomDataParams(Section):
 
 
 class DataParams(Section):
+    """``data``: read by ``data.dataset.fetch`` and ``expected_meta`` (the download stage)."""
+
     flag: Flag
     size: Literal[28, 64, 128, 224]
     mirror: str | None
@@ -86,6 +90,8 @@ class DataParams(Section):
 
 
 class AugmentParams(Section):
+    """``augment``: read by ``transforms.augmentation`` (the augment stage; ``data.batches`` in online mode)."""
+
     copies: Annotated[int, Field(ge=0, le=1000)]  # the augment stage also checks the disk has room for them
     # materialised: the augment stage writes the copies (small splits; every core); online: training makes copy
     # e mod copies of each image in DataLoader workers (large splits: no copies x split on disk). Same pixels.
@@ -131,7 +137,8 @@ class AugmentParams(Section):
 
 
 class LoaderParams(Section):
-    """How images reach every stage that reads them (batches.py): bounded memory at every size."""
+    """``loader``: how images reach every stage that reads them, in bounded memory at every size; read by
+    ``data.datamodule.MedMNISTData`` (and through it ``data.batches``)."""
 
     memory_budget_mb: PositiveInt  # splits that fit are held in RAM (or on the GPU); larger ones stay memory-mapped
     workers: NonNegativeInt  # DataLoader processes for online augmentation (0: in the training process)
@@ -141,6 +148,8 @@ class LoaderParams(Section):
 
 
 class TrackingParams(Section):
+    """``tracking``: read by ``tracking.uri_of`` and ``tracking.experiment_id``."""
+
     # null: sqlite:///<repo root>/mlflow.db. The MLFLOW_TRACKING_URI environment variable overrides both.
     uri: str | None
     experiment: Annotated[str, Field(min_length=1)]
@@ -150,11 +159,15 @@ class TrackingParams(Section):
 
 
 class BootstrapParams(Section):
+    """Read by ``evaluation.scoring.metrics_with_ci`` and ``evaluation.comparison.compare_models``."""
+
     resamples: Annotated[int, Field(ge=100, le=100_000)]  # resamples of the test images for each interval
     confidence: Annotated[float, Field(gt=0.5, lt=1)]  # e.g. 0.95
 
 
 class LearningCurveParams(Section):
+    """Read by ``evaluation.retrains.size_curve``."""
+
     # stratified fractions of the training split to retrain the tuned configuration on; [] = no size curve
     fractions: list[Annotated[float, Field(gt=0, le=1)]]
 
@@ -169,11 +182,15 @@ class LearningCurveParams(Section):
 
 
 class ErrorAnalysisParams(Section):
+    """Read by ``evaluation.scoring.error_analysis``."""
+
     gallery: Annotated[int, Field(ge=1, le=60)]  # images in each gallery (worst errors, uncertain correct)
     calibration_bins: Annotated[int, Field(ge=2, le=100)]  # reliability diagram bins
 
 
 class RobustnessParams(Section):
+    """Read by ``evaluation.robustness.robustness_of_models``."""
+
     # MedMNIST-C corruption names (corruptions.known_corruptions()) and severities 1-5; checked in Params, where the
     # dataset's channels are known. [] = off
     corruptions: list[str]
@@ -181,6 +198,8 @@ class RobustnessParams(Section):
 
 
 class EvaluateParams(Section):
+    """``evaluate``: the evaluate stage (stages/evaluate.py); ``seeds`` by ``evaluation.retrains.seed_retrains``."""
+
     bootstrap: BootstrapParams
     # retrain the cnn and the tuned configuration with each seed: mean ± sd and the seed ensemble; [] = off
     seeds: Annotated[list[Seed], Field(max_length=100)]

@@ -1,5 +1,5 @@
 """Training batches in bounded memory: a split that fits the memory budget is held in RAM (or on the GPU) as one
-uint8 tensor, as the fast path has always been; a larger one stays a memory-mapped ``.npy`` file whose pages the
+uint8 tensor (the fast path); a larger one stays a memory-mapped ``.npy`` file whose pages the
 OS shares between all ranks of a node and can reclaim, and batches are gathered from the map off the training
 thread.
 
@@ -174,7 +174,7 @@ class Mapped:
         return out
 
 
-Source = Resident | Mapped
+BatchSource = Resident | Mapped
 
 
 def image_bytes(images: np.ndarray) -> int:
@@ -194,7 +194,7 @@ def check_batch_fits(images: np.ndarray, batch_size: int, budget: Budget, in_fli
 
 def open_source(
     images: np.ndarray | NpyMap, budget: Budget, device: torch.device | str = "cpu", what: str = "split"
-) -> Source:
+) -> BatchSource:
     """The fast path if the split fits what is left of the budget (held on ``device``), else the memory map."""
     array = images.array if isinstance(images, NpyMap) else images
     if budget.take(array.nbytes):
@@ -212,7 +212,7 @@ class Batches:
 
     def __init__(
         self,
-        source: Source,
+        source: BatchSource,
         labels: torch.Tensor,
         order: torch.Tensor,
         batch_size: int,

@@ -26,11 +26,11 @@ from medmnist_pipeline.data.batches import (
     MIB,
     AugmentedBatches,
     Batches,
+    BatchSource,
     Budget,
     Mapped,
     NpyMap,
     Resident,
-    Source,
     check_batch_fits,
     nchw,
     open_source,
@@ -102,17 +102,17 @@ class MedMNISTData(pl.LightningDataModule):
         check_batch_fits(train.array, self.batch_size, budget, IN_FLIGHT)
         # Validation first (read whole every epoch, and small), then the training images, then the copies.
         val = NpyMap(self.prepared_dir / "val_images.npy")
-        self.val_source: Source = open_source(val, budget, device)
+        self.val_source: BatchSource = open_source(val, budget, device)
         self.val_y = label_tensor(load_split(self.prepared_dir, "val")[1], multi)
         self.train_y = label_tensor(load_split(self.prepared_dir, "train")[1], multi)
         self.train_images = train
         self.online: tuple[dict, int] | None = None  # (albumentations' serialised pipeline, copies)
-        self.copies: list[Source] = []
+        self.copies: list[BatchSource] = []
         augmented = Path(self.augmented_dir) if self.augmented_dir is not None else None
         info = json.loads((augmented / "meta.json").read_text()) if augmented is not None else {}
         if info.get("mode") == "online" and info["copies"]:
             self.online = (json.loads((augmented / "pipeline.json").read_text()), info["copies"])
-        self.train_source: Source | None = None
+        self.train_source: BatchSource | None = None
         if augmented is not None and self.online is None:
             copies = NpyMap(augmented / "train_images.npy")
             if len(copies.array):
@@ -210,7 +210,7 @@ class Features:
         return self.images.index_select(0, idx.to(self.images.device))
 
 
-def encoded(source: Source, encode: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096) -> torch.Tensor:
+def encoded(source: BatchSource, encode: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096) -> torch.Tensor:
     """``encode`` of every image of ``source``, a chunk at a time (a mapped split is never read whole)."""
     n = len(source)
     return torch.cat([encode(source.batch(torch.arange(i, min(i + chunk, n)))) for i in range(0, n, chunk)])

@@ -18,7 +18,7 @@ from scipy import stats
 
 from medmnist_pipeline.config.params import BootstrapParams
 from medmnist_pipeline.metadata import BINARY, MULTI_LABEL
-from medmnist_pipeline.metrics import _checked, official_acc, official_auc, predicted_labels
+from medmnist_pipeline.metrics import checked_scores, official_acc, official_auc, predicted_labels
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray, str], float]] = {"auc": official_auc, "acc": official_acc}
 
@@ -51,7 +51,7 @@ def balanced_error(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     """1 - balanced accuracy (MedMNIST-C's error): single-label, 1 - the mean recall over the classes present in
     ``y_true``; multi-label, the mean over labels of 1 - (sensitivity + specificity) / 2 (labels with one class
     present use the recall of that class)."""
-    y_true, y_score = _checked(y_true, y_score, task)
+    y_true, y_score = checked_scores(y_true, y_score, task)
     pred = predicted_labels(y_score, task)
     if task == MULTI_LABEL:
         per_label = [_balanced_error_1d(y_true[:, j], pred[:, j]) for j in range(y_true.shape[1])]
@@ -194,7 +194,7 @@ def usefulness_flags(
     auc_interval: tuple[float, float] | None = None,
 ) -> list[str]:
     """Sentences for what makes a model useless, each with the cause to check; [] when none applies."""
-    y_true, y_score = _checked(y_true, y_score, task)
+    y_true, y_score = checked_scores(y_true, y_score, task)
     pred = predicted_labels(y_score, task)
     flags = []
     if task == MULTI_LABEL:

@@ -28,9 +28,7 @@ from torch import nn
 
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.models.conventions import normalize
-from medmnist_pipeline.models.networks import Network, freeze_backbone, param_groups
-
-__all__ = ["freeze_backbone", "param_groups"]  # re-exported: the transfer-learning API in one place
+from medmnist_pipeline.models.networks import Network
 
 CODE_PACKAGE = "efficientnet-lite-pytorch==0.1.0"
 

@@ -14,13 +14,14 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from medmnist_pipeline.config.train import BatchAugmentParams, ModelParams, OptimizerParams, ScheduleParams, TrainParams
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.metadata import MULTI_LABEL
-from medmnist_pipeline.metrics import OfficialMetrics
+from medmnist_pipeline.metadata import MULTI_LABEL, TASKS
+from medmnist_pipeline.metrics import official_acc, official_auc
 from medmnist_pipeline.models.build import initial_model
 from medmnist_pipeline.models.conventions import normalize, scores_from_logits
 from medmnist_pipeline.models.modelfile import ModelFile
@@ -205,3 +206,38 @@ def build_classifier(section: TrainParams, meta: DatasetMeta, channels_last: boo
     if section.trainer.compile:
         module.net = torch.compile(module.net)
     return module
+
+
+class OfficialMetrics(Metric):
+    """The official ACC and AUC over a whole epoch, for a LightningModule.
+
+    It keeps every score and target (gathered across DDP ranks by concatenation) and computes the numpy functions of
+    metrics.py once in ``compute``, so the numbers are exactly the evaluator's. A val split of MedMNIST is at most
+    ~100k x 14 floats, so keeping it all is cheap. The results are float32 tensors (the default dtype, which every
+    accelerator supports); an undefined AUC is ``tensor(nan)``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, task: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        self.task = task
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """``scores``: (B, C) probabilities; ``targets``: (B,) or (B, 1) class indices, (B, L) 0/1 for multi-label."""
+        self.scores.append(scores.detach().float())
+        self.targets.append(targets.detach().long().reshape(len(targets), -1))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        scores = dim_zero_cat(self.scores).cpu().numpy()
+        targets = dim_zero_cat(self.targets).cpu().numpy()
+        return {
+            "acc": torch.tensor(official_acc(targets, scores, self.task)),
+            "auc": torch.tensor(official_auc(targets, scores, self.task)),
+        }

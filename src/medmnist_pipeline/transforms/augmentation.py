@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.errors import PipelineError, first_line
 
 # Transforms that do not return a uint8 image of the input's shape, or that are not image transforms at all.
 _NOT_STORABLE = {"ToTensorV2", "ToTensor3D", "ToFloat", "Normalize", "FromFloat"}
@@ -130,7 +130,7 @@ class ImageAugmenter:
         try:
             return self.pipeline(image=image)["image"]
         except Exception as exc:  # noqa: BLE001 - any failure of the user's pipeline, named by its image
-            why = f"{type(exc).__name__}: {_first_line(exc)}"
+            why = f"{type(exc).__name__}: {first_line(exc)}"
             raise PipelineError(f"augment.transforms fail on training image {index} (copy {copy}): {why}") from None
 
     def many(self, images: np.ndarray, copy: int, indices: np.ndarray) -> np.ndarray:
@@ -221,11 +221,6 @@ def _pool_init(source: tuple, target: tuple, transforms: list, seed: int) -> Non
 def _pool_chunk(k: int, start: int, stop: int) -> None:
     images = _POOL["source"]
     _POOL["target"][k, start:stop] = _POOL["augmenter"].many(images[start:stop], k, np.arange(start, stop))
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def preview_copies(

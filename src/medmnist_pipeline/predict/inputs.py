@@ -1,146 +1,29 @@
-"""``medmnist-pipeline predict``: class probabilities for new images, as CSV.
-
-The model is a file written by a stage (``models/tuned.ckpt``, ...) or an MLflow model URI (``runs:/<id>/model``,
-``models:/<name>@<alias>``). Images are PNG/JPEG files, folders of them, or npz arrays; each is converted to the
-model's channels and size the way the README's "Predict" section describes. Every input is checked (headers only)
-before the model runs, so a bad path or a non-image fails at once, with no output written.
+"""The images ``predict`` reads: PNG/JPEG files, folders of them, npz arrays. Every input is checked from its
+header before the model runs (a bad path or a non-image fails at once), and read as uint8 (C, H, W) of the
+model's channels and size the way the README's "Predict" section describes, one batch in memory at a time.
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import sys
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.errors import PipelineError, first_line
 from medmnist_pipeline.memory import trim_heap
-from medmnist_pipeline.metadata import MULTI_LABEL, THRESHOLD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
 NPZ_KEY = "test_images"  # the MedMNIST layout's split to predict; a plain npz must hold exactly one array
-MLFLOW_SCHEMES = ("runs:/", "models:/")
-
-
-# --- models -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Model:
-    """What prediction needs from a model, whichever way it was stored."""
-
-    source: str
-    labels: list[str]
-    task: str
-    image_size: int
-    in_channels: int
-    scores: Callable[[Any], np.ndarray]  # uint8 tensor (N, C, H, W) -> probabilities (N, len(labels))
-
-
-def is_mlflow_uri(spec: str) -> bool:
-    return spec.startswith(MLFLOW_SCHEMES)
-
-
-def tracking_store(params_path: str | Path | None) -> str:
-    """The MLflow store that MLflow URIs are resolved in: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` of the params
-    file > ``sqlite:///<project root>/mlflow.db`` (the stages' own rule, ``tracking.tracking_uri``). ``params_path``
-    None means ``params.yaml`` if there is one; only its ``tracking`` section is read and validated."""
-    from medmnist_pipeline.config.params import TrackingParams, load_section
-    from medmnist_pipeline.tracking import default_uri, relocate_local_store, uri_of
-
-    path = Path(params_path or "params.yaml")
-    read = params_path is not None or path.is_file()
-    uri = uri_of(load_section(path, "tracking", TrackingParams) if read else None)
-    if uri == default_uri():
-        relocate_local_store()  # a moved project's runs:/ URIs find their artifacts
-    return uri
-
-
-def _device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(spec: str, params_path: str | Path | None = None, batch_size: int = 256) -> Model:
-    """A model file of this project, or an MLflow model URI resolved in :func:`tracking_store`."""
-    if is_mlflow_uri(spec):
-        return _load_mlflow_model(spec, tracking_store(params_path), batch_size)
-    from medmnist_pipeline.models.modelfile import ModelFile, predict_scores
-
-    model = ModelFile.load(spec)
-    net = model.network().to(_device())
-    return Model(
-        spec,
-        list(model.labels),
-        model.task,
-        model.image_size,
-        model.in_channels,
-        lambda x: predict_scores(net, x, model.task, batch_size),
-    )
-
-
-def _load_mlflow_model(uri: str, store: str, batch_size: int) -> Model:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for notes and errors
-    import logging
-
-    import mlflow
-    import mlflow.pytorch
-    import torch
-
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    local = Path(store.removeprefix("sqlite:///").split("?")[0]) if store.startswith("sqlite:///") else None
-    if local is not None and not local.is_file():  # MLflow would create an empty store and then find nothing
-        raise PipelineError(
-            f"{uri}: no MLflow store at {local} (run from the project root, pass --params, or set MLFLOW_TRACKING_URI)"
-        )
-    mlflow.set_tracking_uri(store)
-    try:
-        metadata = mlflow.models.get_model_info(uri).metadata or {}
-    except Exception as exc:  # noqa: BLE001 - MlflowException (no such run/model/alias), missing artifact, no server
-        raise PipelineError(f"{uri}: cannot load this MLflow model from {store}: {_message(exc)}") from None
-    missing = [k for k in ("labels", "task", "image_size", "in_channels") if k not in metadata]
-    if missing:
-        raise PipelineError(f"{uri}: not a medmnist-pipeline model (its MLflow metadata has no {', '.join(missing)})")
-    try:
-        module = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise PipelineError(f"{uri}: cannot load this MLflow model from {store}: {_message(exc)}") from None
-    # MLflow 3 saves PyTorch models with torch.export (pt2) by default: an exported program is already in eval
-    # mode, cannot be switched or moved to another device, and its weights are on the CPU it was logged from.
-
-    @torch.no_grad()
-    def scores(x: torch.Tensor) -> np.ndarray:  # the logged model takes raw pixels 0-255 as float32
-        return torch.cat([module(x[i : i + batch_size].float()).float() for i in range(0, len(x), batch_size)]).numpy()
-
-    return Model(
-        uri,
-        [str(v) for v in metadata["labels"]],
-        str(metadata["task"]),
-        int(metadata["image_size"]),
-        int(metadata["in_channels"]),
-        scores,
-    )
-
-
-def _message(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0]
-
-
-# --- inputs -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Source:
+class ImageInput:
     """One image to predict: a file, or one entry of an npz array. ``size`` is (width, height)."""
 
     name: str  # the CSV's file column: the path as given, or ``path.npz[index]``
@@ -152,9 +35,9 @@ class Source:
     channels_first: bool = False  # npz stored as (N, C, H, W)
 
 
-def collect(inputs: Sequence[str]) -> list[Source]:
+def collect(inputs: Sequence[str]) -> list[ImageInput]:
     """Every image named by ``inputs`` (files, folders of PNG/JPEG files, npz files), checked from headers only."""
-    sources: list[Source] = []
+    sources: list[ImageInput] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
@@ -174,7 +57,7 @@ def collect(inputs: Sequence[str]) -> list[Source]:
 GREY_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
 
 
-def _image_source(path: Path, name: str) -> Source:
+def _image_source(path: Path, name: str) -> ImageInput:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -191,16 +74,16 @@ def _image_source(path: Path, name: str) -> Source:
             f"{name}: {mode} images (32-bit {'integer' if mode == 'I' else 'float'} pixels) are "
             "not supported; save it as an 8- or 16-bit PNG or a JPEG"
         )
-    return Source(name, path, size, 1 if mode in GREY_MODES else 3)
+    return ImageInput(name, path, size, 1 if mode in GREY_MODES else 3)
 
 
-def _npz_sources(path: Path, given: str) -> list[Source]:
+def _npz_sources(path: Path, given: str) -> list[ImageInput]:
     """The ``test_images`` array of a MedMNIST-layout npz, else the only array of a plain npz: uint8 (N, H, W),
     (N, H, W, 1|3) or (N, 1|3, H, W)."""
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - zip errors, pickled data, unreadable file: all mean "not an npz"
-        raise PipelineError(f"{given}: not a readable npz file ({_message(exc)})") from None
+        raise PipelineError(f"{given}: not a readable npz file ({first_line(exc)})") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load gave back an array: a .npy file named .npz
         raise PipelineError(f"{given}: an .npy array, not an npz archive (np.savez writes npz)")
     with loaded:
@@ -227,7 +110,7 @@ def _npz_sources(path: Path, given: str) -> list[Source]:
         raise PipelineError(f"{where}: shape {shape}; expected images (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W)")
     if n == 0 or height == 0 or width == 0:
         raise PipelineError(f"{where}: shape {shape} holds no images")
-    return [Source(f"{given}[{i}]", path, (width, height), channels, key, i, channels_first) for i in range(n)]
+    return [ImageInput(f"{given}[{i}]", path, (width, height), channels, key, i, channels_first) for i in range(n)]
 
 
 # deflate cannot shrink data by more than about 1032:1: a member claiming more than that is lying
@@ -253,7 +136,7 @@ def _npz_array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
         try:
             array = npz[key]
         except ValueError as exc:  # an object array (pickled), or fewer bytes than its header claims
-            raise PipelineError(f"{path}[{key}]: not an array of pixel values ({_message(exc)})") from None
+            raise PipelineError(f"{path}[{key}]: not an array of pixel values ({first_line(exc)})") from None
         return array.shape, array.dtype
 
 
@@ -354,7 +237,7 @@ class Pixels:
         self.in_channels, self.size = in_channels, size
         self._npz: tuple[Path, str, Any] | None = None
 
-    def __call__(self, source: Source) -> np.ndarray:
+    def __call__(self, source: ImageInput) -> np.ndarray:
         from PIL import Image
 
         if source.key is None:
@@ -374,7 +257,7 @@ class Pixels:
         array = np.asarray(image)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
-    def _open(self, source: Source) -> Any:
+    def _open(self, source: ImageInput) -> Any:
         from PIL import Image, ImageOps
 
         try:
@@ -382,92 +265,15 @@ class Pixels:
                 image = ImageOps.exif_transpose(image)  # camera JPEGs: upright as viewers show them
                 image.load()
         except (OSError, Image.DecompressionBombError) as exc:  # e.g. a truncated file
-            raise PipelineError(f"{source.name}: cannot decode this image ({_message(exc)})") from None
+            raise PipelineError(f"{source.name}: cannot decode this image ({first_line(exc)})") from None
         if image.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits' worth of contrast, not a clip at 255
             image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8), "L")
         return image
 
-    def _row(self, source: Source) -> np.ndarray:
+    def _row(self, source: ImageInput) -> np.ndarray:
         try:  # a compressed member is decompressed here, as the images are reached
             if self._npz is None or self._npz[:2] != (source.path, source.key):
                 self._npz = (source.path, source.key, _open_member(source.path, source.key))
             return np.asarray(self._npz[2][source.index])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # damaged after its header
-            raise PipelineError(f"{source.path}[{source.key}]: cannot read this array ({_message(exc)})") from None
-
-
-def conversion_notes(sources: Sequence[Source], model: Model) -> list[str]:
-    """One line per kind of conversion the images need, for stderr."""
-    n, size = len(sources), model.image_size
-    notes = []
-    resized = [s for s in sources if s.size != (size, size)]
-    if resized:
-        stretched = sum(s.size[0] != s.size[1] for s in resized)
-        notes.append(
-            f"note: resized {len(resized)} of {n} images to the model's {size}x{size} px (bicubic)"
-            + (f"; {stretched} were not square and were stretched, not cropped" if stretched else "")
-        )
-    if model.in_channels == 1 and (colour := sum(s.channels == 3 for s in sources)):
-        notes.append(f"note: converted {colour} of {n} colour images to greyscale (the model takes 1 channel)")
-    if model.in_channels == 3 and (grey := sum(s.channels == 1 for s in sources)):
-        notes.append(f"note: repeated {grey} of {n} greyscale images on 3 channels (the model takes RGB)")
-    return notes
-
-
-# --- prediction and CSV -------------------------------------------------------------------------------------
-
-
-def header(labels: Sequence[str]) -> list[str]:
-    return ["file", "predicted", *(f"p_{label}" for label in labels)]
-
-
-def predicted(probabilities: np.ndarray, labels: Sequence[str], task: str) -> str:
-    if task == MULTI_LABEL:
-        return ";".join(label for label, p in zip(labels, probabilities, strict=True) if p > THRESHOLD)
-    return labels[int(np.argmax(probabilities))]
-
-
-def predict_rows(model: Model, sources: Sequence[Source], batch_size: int = 256) -> Iterator[list[str]]:
-    """CSV rows (without the header), one batch of images in memory at a time."""
-    import torch
-
-    pixels = Pixels(model.in_channels, model.image_size)
-    for start in range(0, len(sources), batch_size):
-        batch = sources[start : start + batch_size]
-        scores = model.scores(torch.from_numpy(np.stack([pixels(s) for s in batch])))
-        for source, p in zip(batch, scores, strict=True):
-            yield [source.name, predicted(p, model.labels, model.task), *(f"{v:.6f}" for v in p)]
-
-
-def write_csv(stream: IO[str], model: Model, sources: Sequence[Source], batch_size: int) -> None:
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(header(model.labels))
-    for row in predict_rows(model, sources, batch_size):
-        writer.writerow(row)
-
-
-def main(
-    model: str, images: Sequence[str], out: str | None = None, params: str | None = None, batch_size: int = 256
-) -> None:
-    """The ``predict`` command: CSV to ``out`` (written only if every image is predicted) or to stdout."""
-    if batch_size < 1:
-        raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
-    sources = collect(images)
-    loaded = load_model(model, params, batch_size)
-    for note in conversion_notes(sources, loaded):
-        print(note, file=sys.stderr)
-    if out is None or out == "-":
-        try:
-            write_csv(sys.stdout, loaded, sources, batch_size)
-            sys.stdout.flush()
-        except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
-    from medmnist_pipeline.files import atomic_file
-
-    try:
-        with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
-            write_csv(f, loaded, sources, batch_size)
-    except OSError as exc:
-        raise PipelineError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    print(f"predicted {len(sources)} images with {model} -> {out}", file=sys.stderr)
+            raise PipelineError(f"{source.path}[{source.key}]: cannot read this array ({first_line(exc)})") from None
