@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from medmnist_pipeline.config.params import check_trials_can_run, load_params
 from medmnist_pipeline.data.dataset import load_meta
-from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, model_file, reports_dir
 from medmnist_pipeline.tracking import dataset_tags, existing_run, stage_run
-from medmnist_pipeline.tuning.search import enqueue_train_values, open_study, optimize
+from medmnist_pipeline.tuning.search import enqueue_train_values, open_study, optimize, optimize_as_worker
 from medmnist_pipeline.tuning.study_report import (
     best_params_yaml,
     best_trial,
     check_search_finished,
     fetch_trial_model,
-    save_study_plots,
-    search_markdown,
-    state_counts,
-    trials_table,
     validation_noise,
+    write_search_reports,
 )
 from medmnist_pipeline.tuning.workers import FINISHED, count, fail_stale_trials, wait_for_other_workers
 
@@ -37,13 +32,7 @@ def main(params_path: str, worker: bool = False) -> None:
     print(f"study {study.study_name}: {finished} of {params.tune.n_trials} trials finished so far")
 
     if worker:  # join the study; the `tune` stage itself writes the outputs
-        parent = study.user_attrs.get("mlflow_parent_run_id")
-        if parent is None:
-            raise PipelineError(
-                f"study {study.study_name} has no tune run yet: start `medmnist-pipeline tune` "
-                "(or `dvc repro tune`) first, then add workers"
-            )
-        optimize(study, params, meta, parent)
+        optimize_as_worker(study, params, meta)
         return
 
     started = time.perf_counter()
@@ -68,23 +57,8 @@ def main(params_path: str, worker: bool = False) -> None:
         print(f"{tuned}: trial {best.number}'s model, from {source}")
         noise = validation_noise(study, tuned, params, meta)
         print(noise.sentence())
-        reports.mkdir(parents=True, exist_ok=True)
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
-        trials = trials_table(study)
-        trials.to_csv(reports / "trials.csv", index=False)
-        states = state_counts(study)
-        trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
-        metrics = {
-            "best": {params.tune.metric: best.value, "trial": best.number},
-            # the validation noise of the metric, and how many finished trials lie within it of the best
-            "noise": {"validation_se": round(noise.se, 5), "trials_within_se": len(noise.within_noise)},
-            "trials": states,
-            "trial_seconds": round(trial_seconds, 1),
-            "stage_seconds": round(time.perf_counter() - started, 1),
-        }
-        (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plots = save_study_plots(study, reports)
-        (reports / "report.md").write_text(search_markdown(study, params, best, noise, trials, plots))
+        states = write_search_reports(study, params, best, noise, reports, time.perf_counter() - started)
 
         mlflow.log_metrics({"best/value": best.value, **{f"trials/{k}": v for k, v in states.items()}})
         # tags, not params: a continued study (`dvc repro -f`, more trials) reuses this run and may find a new best

@@ -27,6 +27,7 @@ from medmnist_pipeline.config.params import Params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.config.tune import Distribution
 from medmnist_pipeline.data.dataset import DatasetMeta
+from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
 from medmnist_pipeline.owners import worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
@@ -324,3 +325,14 @@ def optimize(
             "machine's speed; raise tune.timeout_s for a search that any machine repeats"
         )
     return True
+
+
+def optimize_as_worker(study: optuna.Study, params: Params, meta: DatasetMeta) -> None:
+    """Join a study that the tune stage started: trials nest in its MLflow run; the stage writes the outputs."""
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent is None:
+        raise PipelineError(
+            f"study {study.study_name} has no tune run yet: start `medmnist-pipeline tune` "
+            "(or `dvc repro tune`) first, then add workers"
+        )
+    optimize(study, params, meta, parent)

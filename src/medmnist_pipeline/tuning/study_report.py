@@ -3,6 +3,7 @@ through MLflow), the trials table, Optuna's plots, and whether validation noise 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
 from medmnist_pipeline.tuning.search import short_value, trial_train_params
+from medmnist_pipeline.tuning.statistics import SearchNoise
 from medmnist_pipeline.tuning.workers import FINISHED, count
 
 
@@ -181,3 +183,28 @@ def search_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def write_search_reports(
+    study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial, noise: SearchNoise, out_dir: Path,
+    stage_seconds: float,
+) -> dict[str, int]:  # fmt: skip
+    """trials.csv, metrics.json (the best trial, the validation noise, trial counts and times), the plots and
+    report.md; returns the count of trials in each state."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = trials_table(study)
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    states = state_counts(study)
+    trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
+    metrics = {
+        "best": {params.tune.metric: best.value, "trial": best.number},
+        # the validation noise of the metric, and how many finished trials lie within it of the best
+        "noise": {"validation_se": round(noise.se, 5), "trials_within_se": len(noise.within_noise)},
+        "trials": states,
+        "trial_seconds": round(trial_seconds, 1),
+        "stage_seconds": round(stage_seconds, 1),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plots = save_study_plots(study, out_dir)
+    (out_dir / "report.md").write_text(search_markdown(study, params, best, noise, trials, plots))
+    return states
