@@ -16,6 +16,7 @@ import torch
 
 from medmnist_pipeline.config.params import BootstrapParams, ErrorAnalysisParams
 from medmnist_pipeline.data.dataset import DatasetMeta, Split
+from medmnist_pipeline.data.layout import stored_layout
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.evaluation.comparison import FLOOR, ensemble_scores, majority_scores, spread, validation_pick
 from medmnist_pipeline.memory import trim_heap
@@ -246,7 +247,7 @@ def error_analysis(
         unit = "label" if analysis.is_multilabel(task) else "class (one vs rest)"
         figure = analysis.plot_per_label_auc(one_hot, y_score, label_names, f"AUC per {unit} ({where})")
     save_figure(figure, out_dir / "auc_curves.png")
-    images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) for display (plot_gallery takes C = 1 too)
+    images = stored_layout(split.images)  # (N, H, W[, C]) for display
     for name, picked, title in (
         ("worst_errors", analysis.worst_errors(labels, y_score, task, settings.gallery), "Most confidently wrong"),
         (

@@ -12,7 +12,8 @@ from typing import IO
 import numpy as np
 
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.metadata import MULTI_LABEL, THRESHOLD
+from medmnist_pipeline.metadata import MULTI_LABEL
+from medmnist_pipeline.metrics import predicted_labels
 from medmnist_pipeline.predict.inputs import ImageInput, Pixels, collect
 from medmnist_pipeline.predict.model import Model, load_model
 
@@ -22,9 +23,12 @@ def header(labels: Sequence[str]) -> list[str]:
 
 
 def predicted(probabilities: np.ndarray, labels: Sequence[str], task: str) -> str:
+    """The predicted label (the official rule, ``metrics.predicted_labels``); multi-label: every label predicted,
+    joined by ``;``."""
+    chosen = predicted_labels(probabilities[None], task)[0]
     if task == MULTI_LABEL:
-        return ";".join(label for label, p in zip(labels, probabilities, strict=True) if p > THRESHOLD)
-    return labels[int(np.argmax(probabilities))]
+        return ";".join(label for label, yes in zip(labels, chosen, strict=True) if yes)
+    return labels[int(chosen)]
 
 
 def predict_rows(model: Model, sources: Sequence[ImageInput], batch_size: int = 256) -> Iterator[list[str]]:
