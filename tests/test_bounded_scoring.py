@@ -24,8 +24,8 @@ MIB = 1 << 20
 SCORE = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from medmnist_pipeline.data.batches import nchw
     from medmnist_pipeline.data.dataset import Split, load_splits
+    from medmnist_pipeline.data.layout import nchw
     from medmnist_pipeline.evaluation.scoring import scores
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     from medmnist_pipeline.models.modelfile import ModelFile
@@ -35,7 +35,7 @@ SCORE = textwrap.dedent(
     before = anon_bytes()
     with PeakAnon(interval_s=0.005) as peak:
         if mode == "mapped":
-            split = load_splits(PREPARED_DIR, ("test",))["test"]
+            split = load_splits("data/prepared", ("test",))["test"]
         else:  # what load_splits did before: the split read into a RAM tensor
             split = Split(nchw(np.load("data/prepared/test_images.npy")), np.load("data/prepared/test_labels.npy"))
         p = scores(model, split)
