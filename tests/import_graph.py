@@ -83,8 +83,11 @@ def _resolve_from(module: str, modules: dict[str, Path], node: ast.ImportFrom) -
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imports_of(module: str, modules: dict[str, Path], command: str | None = None) -> list[Import]:
-    """The imports of the package's own modules that ``module`` runs.
+def imports_of(
+    module: str, modules: dict[str, Path], command: str | None = None, type_checking: bool = False
+) -> list[Import]:
+    """The imports of the package's own modules that ``module`` runs (``type_checking``: and those only type checkers
+    read, under ``if TYPE_CHECKING:``).
 
     With ``command``, branches ``if args.command == "<other>":`` are skipped (their ``else`` is read): what an entry
     point runs for that one subcommand.
@@ -107,7 +110,7 @@ def imports_of(module: str, modules: dict[str, Path], command: str | None = None
                     sub = f"{base}.{alias.name}"
                     add(sub if sub in modules else base, node, lazy)
             elif isinstance(node, ast.If) and (
-                _is_type_checking(node.test)
+                (_is_type_checking(node.test) and not type_checking)
                 or (command is not None and _command_branch(node.test) not in (None, command))
             ):
                 visit(node.orelse, lazy)  # a branch that never runs (for this command): its else only
@@ -134,9 +137,9 @@ def dynamic_imports(path: Path) -> list[tuple[int, str]]:
     return calls
 
 
-def graph(modules: dict[str, Path]) -> dict[str, list[Import]]:
+def graph(modules: dict[str, Path], type_checking: bool = False) -> dict[str, list[Import]]:
     """Every module's imports of the package's modules (all subcommands' branches included)."""
-    return {name: imports_of(name, modules) for name in modules}
+    return {name: imports_of(name, modules, type_checking=type_checking) for name in modules}
 
 
 def ancestors(name: str) -> list[str]:
