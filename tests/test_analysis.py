@@ -10,6 +10,7 @@ import pytest
 
 from medmnist_pipeline.evaluation import analysis, calibration, curves
 from medmnist_pipeline.figures import save_figure
+from medmnist_pipeline.training.curves import plot_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
@@ -290,10 +291,10 @@ def test_history_and_size_curve_plots(tmp_path: Path) -> None:
             "val_acc": [np.nan, 0.55, np.nan, 0.65, np.nan, 0.7],
         }
     )
-    fig = curves.plot_history(history, "history")
+    fig = plot_history(history, "history")
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]  # NaN rows skipped, absent val_auc not drawn
     assert_png(save_figure(fig, tmp_path / "history.png"))
-    only_loss = curves.plot_history(pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]}), "sparse")
+    only_loss = plot_history(pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]}), "sparse")
     assert_png(save_figure(only_loss, tmp_path / "sparse.png"))
     sizes = pd.DataFrame(
         {

@@ -1,5 +1,5 @@
-"""Learning curves: per epoch (one model, or several on shared axes), and against the size of the training set,
-with the one-sentence reading of the size curve the evaluation report uses."""
+"""Learning curves of the evaluated models: several models' per-epoch curves on shared axes, and the curve against
+the size of the training set with its reading (a fitted slope with an interval)."""
 
 from __future__ import annotations
 
@@ -15,44 +15,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from medmnist_pipeline.figures import new_figure, note, note_figure, save_figure
-
-
-def _plot_series(ax: Any, x: pd.Series, frame: pd.DataFrame, columns: Sequence[str]) -> int:
-    """Plot each present column against x, skipping its NaNs (Lightning logs train and val on separate rows)."""
-    drawn = 0
-    for column in columns:
-        if column not in frame:
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce")
-        keep = values.notna() & x.notna()
-        if keep.any():
-            ax.plot(x[keep], values[keep], "o-", markersize=3, label=column)
-            drawn += 1
-    return drawn
-
-
-def plot_history(history: pd.DataFrame, title: str = "Training history") -> Figure:
-    """Loss (left) and accuracy/AUC (right) per epoch; missing or all-NaN columns are simply left out."""
-    if "epoch" in history:
-        x = pd.to_numeric(history["epoch"], errors="coerce")
-    else:  # the row number is the best stand-in for a log without epochs
-        x = pd.Series(np.arange(len(history)), index=history.index)
-    fig = new_figure(10, 4)
-    loss_ax, metric_ax = fig.subplots(1, 2)
-    for ax, columns, ylabel in (
-        (loss_ax, ["train_loss", "val_loss"], "loss"),
-        (metric_ax, ["train_acc", "val_acc", "val_auc"], "metric"),
-    ):
-        if _plot_series(ax, x, history, columns):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8)
-        else:
-            note(ax, f"no {ylabel} logged")
-    loss_ax.set_title("loss", fontsize=10)
-    metric_ax.set_title("accuracy / AUC", fontsize=10)
-    fig.suptitle(title, fontsize=11)
-    return fig
+from medmnist_pipeline.training.curves import plot_series
 
 
 def plot_histories(histories: pd.DataFrame, title: str = "Learning curves") -> Figure:
@@ -92,7 +55,7 @@ def plot_size_curve(df: pd.DataFrame, title: str = "Learning curve vs training-s
     x = pd.to_numeric(df["n_train"], errors="coerce")
     fig = new_figure(6.5, 4.2)
     ax = fig.subplots()
-    drawn = _plot_series(ax, x, df, ["train_error", "val_error"])
+    drawn = plot_series(ax, x, df, ["train_error", "val_error"])
     ax.set_xscale("log")
     sizes = x.dropna().unique()
     ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes], fontsize=8)  # the measured sizes, not powers of ten

@@ -24,7 +24,8 @@ from medmnist_pipeline.evaluation.scoring import (
     score_all,
 )
 from medmnist_pipeline.paths import PREPARED_DIR, TUNED_PARAMS, reports_dir, retrains_dir
-from medmnist_pipeline.tracking import dataset_tags, register_pick, stage_run
+from medmnist_pipeline.tracking import dataset_tags, stage_run
+from medmnist_pipeline.training.export import register_pick
 
 
 def main(params_path: str) -> None:

@@ -10,10 +10,10 @@ import json
 from medmnist_pipeline.config.params import Params, load_params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.dataset import load_meta
-from medmnist_pipeline.evaluation.curves import plot_history
 from medmnist_pipeline.figures import save_figure
 from medmnist_pipeline.files import atomic_file
 from medmnist_pipeline.paths import PREPARED_DIR, model_file, reports_dir
+from medmnist_pipeline.training.curves import plot_history
 from medmnist_pipeline.training.fit import fit, resumable_run
 
 
@@ -26,7 +26,7 @@ def run(stage: str, params: Params, section: TrainParams) -> None:
     """Fit ``section``, then write the model file, validation metrics, history and curves, and log them."""
     import mlflow
 
-    from medmnist_pipeline.tracking import log_pytorch_model
+    from medmnist_pipeline.training.export import log_pytorch_model
 
     meta = load_meta(PREPARED_DIR)
     with resumable_run(stage, params, section, meta) as started:
