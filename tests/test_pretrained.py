@@ -15,15 +15,14 @@ from PIL import Image
 from torch import nn
 
 from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.models.networks import freeze_backbone, param_groups
 from medmnist_pipeline.models.pretrained import (
     BACKBONES,
     BackboneSpec,
     PretrainedNet,
     build_pretrained,
     compute_features,
-    freeze_backbone,
     imagenet_weights_file,
-    param_groups,
 )
 
 LITE0 = "efficientnet_lite0"
