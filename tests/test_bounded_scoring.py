@@ -29,6 +29,7 @@ SCORE = textwrap.dedent(
     from medmnist_pipeline.evaluation.scoring import scores
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     from medmnist_pipeline.models.modelfile import ModelFile
+    from medmnist_pipeline.paths import PREPARED_DIR
     torch.set_num_threads(1)
     model, mode, out = ModelFile.load(sys.argv[1]), sys.argv[2], sys.argv[3]
     model.predict(torch.zeros(512, 3, 32, 32, dtype=torch.uint8))  # warm up: the allocator's steady state
