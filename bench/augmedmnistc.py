@@ -8,12 +8,16 @@ Prints mean ± sd per arm and the difference of the arms' means with a Welch t i
 includes 0. Rows go to ``--out``.
 
     python bench/augmedmnistc.py --plain /tmp/plain --corrupted /tmp/augc --seeds 42 43 44 --out augmedmnistc.csv
+    python bench/augmedmnistc.py --tiny   # two tiny synthetic projects in a temporary folder, 2 seeds: a smoke run
+
+The result lines are ``<metric>: AugMedMNIST-C - plain = <difference> [<interval>] (95% Welch t): <verdict>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from _tiny import chdir, tiny_project
 from medmnist_pipeline.config.params import load_params
 from medmnist_pipeline.data.dataset import load_meta, load_splits
 from medmnist_pipeline.evaluation.robustness import evaluate_robustness
@@ -58,12 +63,31 @@ def train_arm(project: Path, seeds: list[int]) -> list[ModelFile]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plain", type=Path, required=True)
-    parser.add_argument("--corrupted", type=Path, required=True)
+    parser.add_argument("--plain", type=Path, help="the project without corruptions (required unless --tiny)")
+    parser.add_argument("--corrupted", type=Path, help="the project with augment.corruptions (required unless --tiny)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--out", type=Path, default=Path("augmedmnistc.csv"))
+    parser.add_argument("--out", type=Path, help="CSV of the rows (default: augmedmnistc.csv; in --tiny, its folder)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: two synthetic 28 px projects in a temporary folder, 2 seeds"
+    )
     args = parser.parse_args()
-    out = args.out.resolve()
+    if args.tiny:
+        args.seeds = args.seeds[:2] if len(args.seeds) >= 2 else [1, 2]  # two per arm: Welch's interval needs them
+        with tempfile.TemporaryDirectory(prefix="augmedmnistc-tiny-") as folder, chdir(Path(folder)):
+            args.plain = tiny_project(Path(folder) / "plain")
+            args.corrupted = tiny_project(
+                Path(folder) / "augc", {"augment.corruptions": ["brightness_down", "gaussian_noise"]}
+            )
+            args.out = args.out or Path(folder) / "augmedmnistc.csv"
+            compare(args)
+        return
+    if args.plain is None or args.corrupted is None:
+        parser.error("--plain and --corrupted are required (or --tiny)")
+    compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    out = (args.out or Path("augmedmnistc.csv")).resolve()
     arms = {"plain": args.plain.resolve(), "AugMedMNIST-C": args.corrupted.resolve()}
     trained = {arm: train_arm(project, args.seeds) for arm, project in arms.items()}
 

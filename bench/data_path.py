@@ -12,6 +12,8 @@ Usage (from the project root, environment active; writes the .npy files under --
     python bench/data_path.py --sizes 28 --epochs 5 --repeats 7   # a 28 px epoch lasts a second: medians of many
     nice -n 15 python bench/data_path.py --sizes 64 128 [--dir $TMPDIR/medmnist-bench] [--ram-max-gib 5]
     python bench/data_path.py --sizes 28 --model convnet --limit-batches 20 --repeats 3   # train's CNN
+    python bench/data_path.py --tiny   # 2,048 images at 28 px in a temporary folder, one epoch: a smoke run
+The last line is ``ratio: mapped / in-RAM speed <size> px <ratio> ...`` (the median process pair of each size).
 """
 
 from __future__ import annotations
@@ -29,19 +31,20 @@ import numpy as np
 N_TRAIN, N_CLASSES, BATCH = 90_000, 9, 256
 
 
-def build(directory: Path, size: int) -> Path:
+def build(directory: Path, size: int, n_train: int = N_TRAIN) -> Path:
     """The synthetic training split (uint8 noise; the pixels do not matter for speed), written once."""
-    path = directory / f"path{size}_train_images.npy"
+    name = f"path{size}" if n_train == N_TRAIN else f"path{size}_n{n_train}"
+    path = directory / f"{name}_train_images.npy"
     if path.is_file():
         return path
     directory.mkdir(parents=True, exist_ok=True)
     from medmnist_pipeline.files import allocate_npy
 
     tmp = path.with_suffix(".part.npy")
-    out = allocate_npy(tmp, (N_TRAIN, size, size, 3))
+    out = allocate_npy(tmp, (n_train, size, size, 3))
     rng = np.random.default_rng(size)
-    for start in range(0, N_TRAIN, 2_000):
-        stop = min(start + 2_000, N_TRAIN)
+    for start in range(0, n_train, 2_000):
+        stop = min(start + 2_000, n_train)
         out[start:stop] = rng.integers(0, 256, (stop - start, size, size, 3), dtype=np.uint8)
     out.flush()
     del out
@@ -68,16 +71,17 @@ def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int =
     torch.set_num_threads(1)
     torch.manual_seed(0)
     images = NpyMap(path)
-    size = images.array.shape[1]
-    labels = torch.randint(0, N_CLASSES, (N_TRAIN,))
+    n_train, size = images.array.shape[:2]
+    labels = torch.randint(0, N_CLASSES, (n_train,))
     # the repository's train.model section (its convnet is train's default network) with the chosen architecture
     section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]["model"]
     model = build_model(ModelParams.model_validate({**section, "name": model_name}), 3, N_CLASSES, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     budget = Budget(1 << 30 if mode == "mapped" else 1 << 40)  # mapped: the default 1 GiB; ram: unlimited
     if mode == "mapped":
-        # leave 64 MiB (at least 4 batches), so even the 28 px split (0.2 GiB) is mapped
-        budget.take(budget.total - max(64 << 20, 4 * BATCH * size * size * 3))
+        # leave 64 MiB (at least 4 batches; at most half a small split), so even the 28 px split (0.2 GiB) is mapped
+        leave = max(min(64 << 20, images.array.nbytes // 2), 4 * BATCH * size * size * 3)
+        budget.take(budget.total - leave)
     check_batch_fits(images.array, BATCH, Budget(budget.total - budget.used), in_flight=4)
     before = anon_bytes()
     epoch_seconds = []
@@ -87,7 +91,7 @@ def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int =
         loaded = time.perf_counter() - started
         for epoch in range(epochs):
             generator = torch.Generator().manual_seed(epoch)
-            order = torch.randperm(N_TRAIN, generator=generator)[: limit * BATCH if limit else None]
+            order = torch.randperm(n_train, generator=generator)[: limit * BATCH if limit else None]
             started = time.perf_counter()
             for x, y in Batches(source, labels, order, BATCH, drop_last=True):
                 loss = torch.nn.functional.cross_entropy(model(normalize(x)), y)
@@ -118,12 +122,25 @@ def main() -> None:
     parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per path; the median epoch gives the speed")
     parser.add_argument("--repeats", type=int, default=1, help="processes per path, alternated; the median counts")
+    parser.add_argument("--n-train", type=int, default=N_TRAIN, help="training images of the synthetic split")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: 2,048 images at 28 px in a temporary folder, one epoch"
+    )
     parser.add_argument("--one", nargs=2, metavar=("NPY", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_epochs(Path(args.one[0]), args.one[1], args.model, args.limit_batches, args.epochs)))
         return
+    if args.tiny:
+        args.sizes, args.n_train, args.epochs, args.repeats = [28], 2_048, 1, 1
+        with tempfile.TemporaryDirectory(prefix="data-path-tiny-") as folder:
+            args.dir = Path(folder)
+            measure(args)
+        return
+    measure(args)
 
+
+def measure(args: argparse.Namespace) -> None:
     length = f"{args.limit_batches} batches" if args.limit_batches else "an epoch"
     print(
         f"model {args.model}, batch {BATCH}, {args.epochs} x {length} in each of {args.repeats} process(es) per path; "
@@ -131,8 +148,9 @@ def main() -> None:
     )
     print("| size | split | path | images | load (s) | epoch (s) | images/s | peak anon (GiB) | above start (GiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ratios_by_size = []
     for size in args.sizes:
-        path = build(args.dir, size)
+        path = build(args.dir, size, args.n_train)
         split_gib = path.stat().st_size / 2**30
         modes = ["mapped"] + (["ram"] if split_gib <= args.ram_max_gib else [])
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
@@ -159,6 +177,10 @@ def main() -> None:
             ratio = median_run(runs["mapped"])["images_per_s"] / median_run(runs["ram"])["images_per_s"]
             each = f" (each process pair: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
             print(f"|  |  | mapped / in-RAM speed: **{ratio:.2f}**{each} |  |  |  |  |  |  |", flush=True)
+            ratios_by_size.append(f"{size} px {ratio:.2f}")
+        else:
+            ratios_by_size.append(f"{size} px (in RAM skipped: over --ram-max-gib)")
+    print(f"ratio: mapped / in-RAM speed {', '.join(ratios_by_size)}")
 
 
 def median_run(runs: list[dict]) -> dict:

@@ -11,6 +11,7 @@ Because the frozen backbone is in eval mode, both see exactly the same features,
 to float rounding: the script prints the largest difference as the check that the cache changes nothing but time.
 
 Usage:  python bench/feature_cache.py [--npz PATH] [--input-size 64] [--epochs 10]
+        python bench/feature_cache.py --tiny   # 64 synthetic images at 28 px, 2 epochs: a smoke run
 The last line is ``speedup: <ratio>x`` (naive / cached wall time, measured in the same run).
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _tiny import synthetic_images
 from medmnist_pipeline.models.networks import freeze_backbone
 from medmnist_pipeline.models.pretrained import build_pretrained, compute_features
 
@@ -51,13 +53,21 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--tiny", action="store_true", help="smoke run: 64 synthetic images at 28 px, 2 epochs")
     args = parser.parse_args()
 
-    with np.load(args.npz) as npz:
-        images = torch.from_numpy(npz["train_images"]).unsqueeze(1)  # (N, 1, 28, 28) uint8
-        labels = torch.from_numpy(npz["train_labels"][:, 0]).long()
+    if args.tiny:
+        arrays, name = synthetic_images(64), "synthetic (--tiny)"
+        args.input_size, args.epochs, args.batch_size = 28, 2, 32
+    else:
+        if not args.npz.is_file():
+            parser.error(f"{args.npz}: no such file (the official npz, as in ../shared/data/medmnist; or --tiny)")
+        with np.load(args.npz) as npz:
+            arrays, name = (npz["train_images"], npz["train_labels"]), args.npz.name
+    images = torch.from_numpy(arrays[0]).unsqueeze(1)  # (N, 1, 28, 28) uint8
+    labels = torch.from_numpy(arrays[1][:, 0]).long()
     print(
-        f"{args.npz.name}: {len(labels)} training images, EfficientNet-Lite0 at {args.input_size} px, "
+        f"{name}: {len(labels)} training images, EfficientNet-Lite0 at {args.input_size} px, "
         f"{args.epochs} epochs, batch {args.batch_size}, {torch.get_num_threads()} threads"
     )
 

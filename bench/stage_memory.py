@@ -10,7 +10,10 @@ BreastMNIST-28. From the project root, environment active:
         --set data.flag=breastmnist data.size=28 data.mirror=../shared/data/medmnist
     nice -n 15 python bench/stage_memory.py --workdir /tmp/mem-custom128 --custom 40000 128
 
-Each run prepares the data (download, augment: measured too, printed) and then measures the baseline stage.
+Each run prepares the data (download, augment: measured too, printed) and then measures the baseline stage. The last
+line is ``peak: <stage> <GiB> GiB (largest process <GiB> GiB)`` for the last stage.
+
+    python bench/stage_memory.py --tiny   # 256 synthetic RGB images at 28 px in a temporary folder: a smoke run
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +36,11 @@ from medmnist_pipeline.memory import PeakAnon  # noqa: E402 - after the path, so
 GIB = 2**30
 
 
-def make_custom(path: Path, n_train: int, size: int, n_eval: int = 2_000, classes: int = 9) -> Path:
+def make_custom(path: Path, n_train: int, size: int, n_eval: int | None = None, classes: int = 9) -> Path:
     """An npz in the MedMNIST layout, written from memory maps so the arrays never sit in RAM together."""
     if path.is_file():
         return path
+    n_eval = min(2_000, n_train) if n_eval is None else n_eval
     arrays = {}
     rng = np.random.default_rng(0)
     scratch = path.parent / f".{path.stem}-scratch"
@@ -85,12 +90,24 @@ def run_stage(stage: str, workdir: Path, env: dict[str, str]) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, help="the project folder (required unless --tiny)")
     parser.add_argument("--custom", nargs=2, type=int, metavar=("N_TRAIN", "SIZE"), help="a synthetic RGB set")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params.yaml overrides")
     parser.add_argument("--stages", nargs="+", default=["download", "augment", "baseline"])
+    parser.add_argument("--tiny", action="store_true", help="smoke run: 256 RGB images at 28 px, in a temporary folder")
     args = parser.parse_args()
+    if args.tiny:
+        args.custom = args.custom or [256, 28]
+        with tempfile.TemporaryDirectory(prefix="stage-memory-tiny-") as folder:
+            args.workdir = Path(folder)
+            measure(args)
+    elif args.workdir is None:
+        parser.error("--workdir is required (or --tiny)")
+    else:
+        measure(args)
 
+
+def measure(args: argparse.Namespace) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     overrides = ["augment.copies=2", "baseline.augmented=true", "baseline.max_epochs=1", *args.set]
@@ -110,6 +127,7 @@ def main() -> None:
     for stage in args.stages:
         total, largest, seconds = run_stage(stage, args.workdir, env)
         print(f"{stage}: peak anonymous memory {total:.2f} GiB (largest process {largest:.2f} GiB), {seconds:.0f} s")
+    print(f"peak: {stage} {total:.2f} GiB (largest process {largest:.2f} GiB)")
 
 
 if __name__ == "__main__":

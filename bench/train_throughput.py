@@ -10,6 +10,7 @@ training images for the same number of steps, with the same optimizer step code.
   the device; optionally channels_last and bf16 autocast (--fast).
 
 Usage:  python bench/train_throughput.py [--npz PATH] [--steps 40] [--device cpu|cuda] [--fast]
+        python bench/train_throughput.py --tiny   # synthetic images, batches of 8, 2 timed steps: a smoke run
 The last line is ``speedup: <ratio>x`` (ours / reference, images per second, measured in the same run).
 """
 
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from _tiny import REPO, synthetic_images
 from medmnist_pipeline.config.train import ModelParams
 from medmnist_pipeline.data.batches import Batches, Resident
 from medmnist_pipeline.data.datamodule import label_tensor
@@ -33,21 +36,11 @@ from medmnist_pipeline.models.conventions import normalize
 
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
-RESNET18 = ModelParams.model_validate(
-    {
-        "name": "resnet18",
-        "filters": 1,
-        "kernel_size": 3,
-        "convs_per_block": 1,
-        "blocks": 1,
-        "fc_layers": 0,
-        "fc_width": 1,
-        "dropout": 0.0,
-        "stem": "cifar",
-        "init_from": None,
-        "freeze": "none",
-    }
-)
+
+def resnet18() -> ModelParams:
+    """The repository's train.model section (validated by its schema) as ResNet-18 with MedMNIST's 28 px stem."""
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
+    return ModelParams.model_validate({**section, "name": "resnet18", "stem": "cifar"})
 
 
 class PILDataset(Dataset):
@@ -75,7 +68,7 @@ def endless(loader_factory):
 def train(batches, steps: int, warmup: int, device: str, fast: bool, prepare) -> float:
     """Images per second over ``steps`` optimizer steps after ``warmup`` untimed ones."""
     torch.manual_seed(0)
-    model = build_model(RESNET18, 1, 2, 28).to(device)
+    model = build_model(resnet18(), 1, 2, 28).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -108,12 +101,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fast", action="store_true", help="ours with channels_last + bf16 autocast")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: 256 synthetic images, batch 8, 2 timed steps")
     args = parser.parse_args()
 
-    with np.load(args.npz, allow_pickle=False) as npz:
-        images, labels = npz["train_images"], npz["train_labels"]
+    if args.tiny:
+        (images, labels), name = synthetic_images(256), "synthetic (--tiny)"
+        args.steps, args.warmup, args.batch_size = 2, 1, 8
+    else:
+        if not args.npz.is_file():
+            parser.error(f"{args.npz}: no such file (the official npz, as in ../shared/data/medmnist; or --tiny)")
+        with np.load(args.npz, allow_pickle=False) as npz:
+            images, labels = npz["train_images"], npz["train_labels"]
+        name = args.npz.name
     print(
-        f"{args.npz.name}: {len(images)} training images; device {args.device}; torch {torch.__version__}; "
+        f"{name}: {len(images)} training images; device {args.device}; torch {torch.__version__}; "
         f"{torch.get_num_threads()} threads; batch {args.batch_size}; {args.steps} timed steps"
     )
 

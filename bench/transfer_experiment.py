@@ -10,6 +10,9 @@ Run from a project prepared for one dataset (``dvc repro augment`` with its ``da
 
     python bench/transfer_experiment.py --rows extract-28 extract-64 finetune-28 --seeds 42 43 44
     python bench/transfer_experiment.py --summary transfer_experiment.csv   # the README's markdown table
+    python bench/transfer_experiment.py --tiny   # a tiny synthetic project in a temporary folder: a smoke run
+
+After the runs it prints the markdown table of ``--out`` (as ``--summary`` does): one line per dataset and row.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import tempfile
 import time
 from pathlib import Path
 
+from _tiny import chdir, tiny_project
 from medmnist_pipeline.config.io import validate
 from medmnist_pipeline.config.params import load_params
 from medmnist_pipeline.config.train import TrainParams
@@ -64,11 +69,25 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, help="override train.max_epochs of the fine-tuning rows")
     parser.add_argument("--out", type=Path, default=Path("transfer_experiment.csv"))
     parser.add_argument("--summary", type=Path, help="print the markdown table of this CSV and stop")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run: rows scratch-28 and extract-28, one seed, 2 epochs, a synthetic project in a temporary folder",
+    )
     args = parser.parse_args()
     if args.summary:
         print(summary(args.summary))
         return
+    if args.tiny:
+        args.rows, args.seeds = ["scratch-28", "extract-28"], args.seeds[:1]
+        with tempfile.TemporaryDirectory(prefix="transfer-tiny-") as folder, chdir(tiny_project(Path(folder))):
+            run_rows(args, {"train.max_epochs": 2})
+        return
+    run_rows(args)
 
+
+def run_rows(args: argparse.Namespace, tiny: dict[str, object] | None = None) -> None:
+    """Each row, once per seed, in the project of the current folder; ``tiny`` overrides every row (--tiny)."""
     params = load_params("params.yaml")
     meta = load_meta(PREPARED_DIR)
     splits = load_splits(PREPARED_DIR, ("val", "test"))
@@ -81,6 +100,7 @@ def main() -> None:
             overrides = dict(ROWS[name])
             if args.max_epochs and name.startswith("finetune"):
                 overrides["train.max_epochs"] = args.max_epochs
+            overrides.update(tiny or {})
             tree = copy.deepcopy(params.train.model_dump())
             for path, value in overrides.items():
                 set_path(tree, path, value)
@@ -116,6 +136,7 @@ def main() -> None:
                 out.writerow(row)
                 f.flush()
                 print(row, flush=True)
+    print(summary(args.out))
 
 
 def summary(path: Path) -> str:

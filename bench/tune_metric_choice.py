@@ -9,11 +9,15 @@ validation, and the picks' test metrics are compared. Rows go to ``--out`` (CSV)
 Run it from a project whose ``data/prepared`` and ``data/augmented`` exist (``dvc repro augment``):
 
     python bench/tune_metric_choice.py --trials 5 --seeds 0 1 2 --out reports/tune_metric_choice.csv
+    python bench/tune_metric_choice.py --tiny   # 2 trials of 2 epochs, one seed, a synthetic project: a smoke run
+
+The result line is ``both rules pick the same trial in <k> of <n> seeds``.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from _tiny import chdir, tiny_project
 from medmnist_pipeline.config.params import load_params
 from medmnist_pipeline.data.dataset import load_meta, load_splits
 from medmnist_pipeline.evaluation.scoring import scores, split_metrics
@@ -34,9 +39,22 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("reports/tune_metric_choice.csv"))
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: 2 trials of 2 epochs, one seed, a synthetic temporary project"
+    )
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.tiny:
+        args.trials, args.seeds = 2, args.seeds[:1]
+        with tempfile.TemporaryDirectory(prefix="metric-choice-tiny-") as folder, chdir(tiny_project(Path(folder))):
+            run_trials(args)  # tune.fixed of the tiny project: 2 epochs a trial
+        return
+    run_trials(args)
+
+
+def run_trials(args: argparse.Namespace) -> None:
+    """Per seed, ``args.trials`` tuning trials in the project of the current folder, then the two rules' picks."""
     params = load_params("params.yaml")
     meta = load_meta(PREPARED_DIR)
     splits = load_splits(PREPARED_DIR, ("test",))

@@ -11,6 +11,8 @@ from medmnist_pipeline.transforms import corruptions
 
 GREY = np.random.default_rng(0).integers(20, 235, (12, 28, 28), dtype=np.uint8)
 RGB = np.random.default_rng(1).integers(20, 235, (6, 28, 28, 3), dtype=np.uint8)
+# float32 of another batch shape (OpenCV's SIMD loop vs its tail, BLAS blocking) can cross a truncation: 1 level, rarely
+BATCH_LEVELS, BATCH_FRACTION = 1, 0.005
 
 
 def test_registry_matches_the_paper_for_the_sets_the_issue_names() -> None:
@@ -61,7 +63,8 @@ def test_every_corruption_keeps_shape_and_is_deterministic_per_seed(flag: str) -
         assert np.array_equal(out, corruptions.corrupt(images, flag, name, 3, seed=7)), name
         # a corruption without random draws does not depend on the batch an image came with
         if name in {"gaussian_blur", "defocus_blur", "brightness_up", "contrast_down", "gamma_corr_up", "saturate"}:
-            assert np.array_equal(corruptions.corrupt(images[:3], flag, name, 3, seed=7), out[:3]), name
+            differ = np.abs(corruptions.corrupt(images[:3], flag, name, 3, seed=7).astype(int) - out[:3])
+            assert differ.max() <= BATCH_LEVELS and (differ > 0).mean() <= BATCH_FRACTION, (name, differ.max())
 
 
 def test_random_corruptions_change_with_the_seed() -> None:

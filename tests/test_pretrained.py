@@ -139,6 +139,10 @@ def test_larger_lite_models_load_their_weights(name: str) -> None:
     )
 
 
+# batches of 4 against one of 10: float32 convolutions may round differently (torch's float32 defaults, stated)
+FEATURE_RTOL, FEATURE_ATOL = 1.3e-6, 1e-5
+
+
 def test_feature_cache_equals_the_frozen_backbone_output() -> None:
     net = build_pretrained(LITE0, 1, 2, 28, "imagenet")
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
@@ -150,7 +154,7 @@ def test_feature_cache_equals_the_frozen_backbone_output() -> None:
     assert features.shape == (10, 1280)
     with torch.no_grad():
         direct = net.backbone(images.float() / 127.5 - 1)
-    torch.testing.assert_close(features, direct)
+    torch.testing.assert_close(features, direct, rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
 
 
 def test_a_weights_file_of_another_architecture_is_refused_with_the_keys(tmp_path: Path) -> None:
