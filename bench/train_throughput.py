@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.config.train import ResNetParams
 from medmnist_pipeline.data.batches import Batches, Resident
 from medmnist_pipeline.data.datamodule import label_tensor
 from medmnist_pipeline.models.build import build_model
@@ -33,20 +33,8 @@ from medmnist_pipeline.models.conventions import normalize
 
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
-RESNET18 = ModelParams.model_validate(
-    {
-        "name": "resnet18",
-        "filters": 1,
-        "kernel_size": 3,
-        "convs_per_block": 1,
-        "blocks": 1,
-        "fc_layers": 0,
-        "fc_width": 1,
-        "dropout": 0.0,
-        "stem": "cifar",
-        "init_from": None,
-        "freeze": "none",
-    }
+RESNET18 = ResNetParams(
+    name="resnet18", stem="cifar", init_from=None, freeze="none", backbone_lr_factor=1.0, feature_cache=False
 )
 
 
