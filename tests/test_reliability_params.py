@@ -296,6 +296,12 @@ CASES = [
         put("tune.fixed", {"train.model.stem": "cifar"}),
         stage="tune",
     ),
+    Case(
+        "fixed copies train's value",
+        "tune.fixed.train.max_epochs: 12 is already train.max_epochs's value",
+        put("tune.fixed", {"train.max_epochs": 12}),
+        stage="tune",
+    ),
     Case("tune timeout infinite", "tune.timeout_s", put("tune.timeout_s", float("inf")), stage="tune"),
     Case("n_trials absurd", "tune.n_trials", put("tune.n_trials", 10**9), stage="tune"),
     Case("fixed path unknown", "train.epochs", put("tune.fixed", {"train.epochs": 3}), stage="tune"),

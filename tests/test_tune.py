@@ -149,7 +149,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(project: tuple[Path, d
         {
             "sampler": "grid",
             "n_trials": 2,
-            "fixed": {"train.max_epochs": 2, "train.schedule.warmup_epochs": 1},
+            "fixed": {"train.schedule.warmup_epochs": 1},
             "space": {"train.schedule.name": {"categorical": ["cosine", "onecycle"]}},
         }
     )
@@ -448,13 +448,15 @@ def test_a_trial_of_another_architecture_keeps_only_the_keys_it_reads(tmp_path: 
             "tune.fixed.train.model.name: the resnet50 trials read stem",
         ),
         ({"train.model.pretrained": "none"}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "no model the trials"),
+        ({"train.max_epochs": 12}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "12 is already train.max_"),
+        ({"train.model.filters": 16}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "16 is already train.model"),
     ],
 )
 def test_the_tune_stage_refuses_a_search_its_models_cannot_take(
     tmp_path: Path, repo_params: dict, fixed: dict, space: dict, message: str
 ) -> None:
     """Searched model keys must be read by every model the trials build, fixed ones by at least one, and each of
-    them must get every key it reads."""
+    them must get every key it reads; tune.fixed holds what the trials change, not a copy of train's value."""
     from medmnist_pipeline.config.params import check_trials_can_run
 
     repo_params["tune"].update(fixed=fixed, space=space)

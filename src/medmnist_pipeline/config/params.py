@@ -20,6 +20,7 @@ from medmnist_pipeline.config.io import NonNegativeInt, PositiveInt, Section, Se
 from medmnist_pipeline.config.train import BaselineParams, TrainParams
 from medmnist_pipeline.config.tune import (
     TuneParams,
+    check_fixed_changes_train,
     check_trial_models,
     check_tune_against_train,
 )
@@ -286,6 +287,7 @@ def check_trials_can_run(params: Params) -> None:
     """Checks that only matter to the tune stage (a train section made for DDP, or switched to another architecture
     before tune.space follows, is fine for `train` itself)."""
     check_trial_models(params.tune, params.train)
+    check_fixed_changes_train(params.tune, params.train)
     trainer = params.train.trainer
     fixed = params.tune.fixed
     devices = fixed.get("train.trainer.devices", trainer.devices)

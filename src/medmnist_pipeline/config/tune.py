@@ -188,3 +188,20 @@ def check_trial_models(tune: TuneParams, train: TrainParams) -> None:
                 f"{source}.{MODEL_PATH}name: the {name} trials read {', '.join(unset)}, which train.model "
                 f"(a {train.model.name}) does not hold; set {MODEL_PATH}{unset[0]} in tune.fixed"
             )
+
+
+def check_fixed_changes_train(tune: TuneParams, train: TrainParams) -> None:
+    """tune.fixed holds what the trials change, never a copy of train's own value (two places to keep equal)."""
+    dumped = train.model_dump()
+    for path, value in tune.fixed.items():
+        current: Any = dumped
+        for part in path.split(".")[1:]:
+            current = current.get(part, _ABSENT) if isinstance(current, dict) else _ABSENT
+        if current is not _ABSENT and type(current) is type(value) and current == value:
+            raise ParamsError(
+                f"tune.fixed.{path}: {value!r} is already {path}'s value; remove it (tune.fixed holds only what the "
+                "trials change)"
+            )
+
+
+_ABSENT = object()
