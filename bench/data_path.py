@@ -60,7 +60,7 @@ def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int =
     import torch
     import yaml
 
-    from medmnist_pipeline.config.train import ModelParams
+    from medmnist_pipeline.config.train import merge_model_keys, model_section
     from medmnist_pipeline.data.batches import Batches, Budget, NpyMap, check_batch_fits, open_source
     from medmnist_pipeline.memory import PeakAnon, anon_bytes
     from medmnist_pipeline.models.build import build_model
@@ -73,9 +73,10 @@ def run_epochs(path: Path, mode: str, model_name: str, limit: int, epochs: int =
     images = NpyMap(path)
     n_train, size = images.array.shape[:2]
     labels = torch.randint(0, N_CLASSES, (n_train,))
-    # the repository's train.model section (its convnet is train's default network) with the chosen architecture
+    # the repository's train.model section (its convnet is train's default network) switched to the chosen
+    # architecture (a logreg keeps only its name)
     section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]["model"]
-    model = build_model(ModelParams.model_validate({**section, "name": model_name}), 3, N_CLASSES, size)
+    model = build_model(model_section(merge_model_keys(section, {"name": model_name})), 3, N_CLASSES, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     budget = Budget(1 << 30 if mode == "mapped" else 1 << 40)  # mapped: the default 1 GiB; ram: unlimited
     if mode == "mapped":

@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from _tiny import REPO, synthetic_images
-from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.config.train import ModelSection, merge_model_keys, model_section
 from medmnist_pipeline.data.batches import Batches, Resident
 from medmnist_pipeline.data.datamodule import label_tensor
 from medmnist_pipeline.models.build import build_model
@@ -37,10 +37,10 @@ from medmnist_pipeline.models.conventions import normalize
 DEFAULT_NPZ = Path(os.environ.get("MEDMNIST_MIRROR", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
 
-def resnet18() -> ModelParams:
+def resnet18() -> ModelSection:
     """The repository's train.model section (validated by its schema) as ResNet-18 with MedMNIST's 28 px stem."""
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
-    return ModelParams.model_validate({**section, "name": "resnet18", "stem": "cifar"})
+    return model_section(merge_model_keys(section, {"name": "resnet18", "stem": "cifar"}))
 
 
 class PILDataset(Dataset):

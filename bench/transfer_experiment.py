@@ -34,32 +34,49 @@ from medmnist_pipeline.paths import PREPARED_DIR
 from medmnist_pipeline.training.fit import fit
 from medmnist_pipeline.tuning.search import set_path
 
-LITE0 = {"train.model.name": "efficientnet_lite0", "train.model.pretrained": "imagenet"}
+
+def lite0(input_size: int, freeze: str, backbone_lr_factor: float, feature_cache: bool) -> dict[str, object]:
+    """A whole train.model section (a row replaces train's convnet section, as ``-S '~train.model' -S '+...'``)."""
+    return {
+        "name": "efficientnet_lite0",
+        "pretrained": "imagenet",
+        "input_size": input_size,
+        "init_from": None,
+        "freeze": freeze,
+        "backbone_lr_factor": backbone_lr_factor,
+        "feature_cache": feature_cache,
+    }
+
+
 # feature extraction: frozen backbone (BatchNorm too), features cached once, a linear head on the originals
-EXTRACT = {
-    **LITE0,
-    "train.model.freeze": "backbone",
-    "train.model.feature_cache": True,
-    "train.augmented": False,
-    "train.max_epochs": 30,
-    "train.early_stopping_patience": 8,
-}
+EXTRACT = {"train.augmented": False, "train.max_epochs": 30, "train.early_stopping_patience": 8}
 # fine-tuning: every weight trains, the backbone at a tenth of the head's learning rate, on the augmented copies
-FINETUNE = {**LITE0, "train.model.freeze": "none", "train.model.backbone_lr_factor": 0.1}
 ROWS: dict[str, dict[str, object]] = {
     "scratch-28": {},  # the train section as it is: the default ConvNet
-    "extract-28": {**EXTRACT, "train.model.input_size": 28},
-    "extract-64": {**EXTRACT, "train.model.input_size": 64},
-    "finetune-28": {**FINETUNE, "train.model.input_size": 28},
-    "finetune-64": {**FINETUNE, "train.model.input_size": 64},
+    "extract-28": {"train.model": lite0(28, "backbone", 1.0, True), **EXTRACT},
+    "extract-64": {"train.model": lite0(64, "backbone", 1.0, True), **EXTRACT},
+    "finetune-28": {"train.model": lite0(28, "none", 0.1, False)},
+    "finetune-64": {"train.model": lite0(64, "none", 0.1, False)},
 }
 FIELDS = ["flag", "row", "seed", "val_auc", "val_acc", "test_auc", "test_acc", "best_epoch", "epochs"]
 FIELDS += ["cpu_s", "wall_s", "command"]
 
 
+def yaml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def command(overrides: dict[str, object]) -> str:
-    values = " ".join(f"-S {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
-    return f"dvc exp run {values}".strip()
+    """The ``dvc exp run`` line; a whole section is replaced by deleting it first (Hydra merges ``key={...}``)."""
+    values = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            values += [f"-S '~{key}'", f"-S '+{key}={yaml_value(value)}'"]
+        else:
+            values.append(f"-S {key}={yaml_value(value)}")
+    return " ".join(["dvc exp run", *values])
 
 
 def main() -> None:

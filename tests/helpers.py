@@ -64,9 +64,24 @@ def make_npz(
     return path
 
 
-def model_params(**overrides: Any) -> Any:
-    """A validated ``train.model`` section: the repository's params.yaml with ``overrides``."""
-    from medmnist_pipeline.config.train import ModelParams
+def model_params(**values: Any) -> Any:
+    """A validated ``train.model`` section: the repository's params.yaml's with ``values``; another ``name`` keeps
+    the keys its architecture shares with the convnet (the transfer keys) and takes its own (``stem``, ...) from
+    ``values``."""
+    from medmnist_pipeline.config.train import model_section
 
     section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
-    return ModelParams.model_validate({**section, **overrides})
+    return model_section(with_model(section, **values))
+
+
+def with_model(section: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """A dumped model section with ``values`` set; switching ``name`` drops the keys the new architecture does not
+    read (what a tuning trial does: config.train.merge_model_keys)."""
+    from medmnist_pipeline.config.train import merge_model_keys
+
+    return merge_model_keys(section, values)
+
+
+def set_model(params: dict[str, Any], **values: Any) -> None:
+    """Set ``values`` in the train section's model of a params dict (see ``with_model``)."""
+    params["train"]["model"] = with_model(params["train"]["model"], **values)

@@ -152,3 +152,87 @@ def test_loader_and_augment_mode_are_validated(tmp_path: Path, repo_params: dict
         load_params(write_params(tmp_path / "params.yaml", repo_params))
     assert "loader.memory_budget_mb: input should be greater than 0" in str(error.value)
     assert "augment.mode: 'lazy' is not one of 'materialised' or 'online'" in str(error.value)
+
+
+# --- model: a tagged union keyed on name ----------------------------------------------------------------------
+
+RESNET18 = "{name: resnet18, stem: cifar, init_from: null, freeze: none, backbone_lr_factor: 1.0, feature_cache: false}"
+
+
+def test_baseline_holds_only_what_logistic_regression_reads() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.baseline.model.model_dump() == {"name": "logreg"}
+    assert "filters" in params.train.model.model_dump() and "stem" not in params.train.model.model_dump()
+
+
+def test_a_convnet_key_under_logreg_exits_2_naming_the_key(tmp_path: Path, repo_params: dict) -> None:
+    repo_params["baseline"]["model"]["filters"] = 32
+    write_params(tmp_path / "params.yaml", repo_params)
+    result = subprocess.run(
+        [sys.executable, "-m", "medmnist_pipeline", "baseline"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "baseline.model.filters: not a key of model logreg (its keys: name)\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"stem": "cifar"}, "train.model.stem: not a key of model convnet (its keys: name, init_from, freeze, "),
+        ({"pretrained": "none"}, "train.model.pretrained: not a key of model convnet"),
+        ({"name": "resnet18"}, "train.model.filters: not a key of model resnet18 (its keys: name, init_from, freeze, "),
+        ({"name": "vit"}, "train.model.name: 'vit' is not one of 'logreg', 'convnet', 'resnet18', 'resnet50', "),
+        ({"filtres": 8}, "train.model.filtres: unknown key (allowed: name, init_from, "),
+    ],
+)
+def test_a_key_of_another_architecture_is_refused_by_name(
+    tmp_path: Path, repo_params: dict, model: dict, message: str
+) -> None:
+    repo_params["train"]["model"].update(model)
+    error = params_error(tmp_path / "params.yaml", repo_params)
+    assert message in error
+    if "filtres" in message:
+        assert "did you mean 'filters'?" in error
+
+
+def test_a_model_section_without_name_or_with_a_missing_key(tmp_path: Path, repo_params: dict) -> None:
+    del repo_params["train"]["model"]["name"]
+    assert "train.model.name: missing" in params_error(tmp_path / "params.yaml", repo_params)
+    repo_params["train"]["model"] = {"name": "resnet18", "stem": "cifar"}
+    assert "train.model.freeze: missing; every key must be set explicitly" in params_error(
+        tmp_path / "params.yaml", repo_params
+    )
+
+
+def test_dvc_set_param_switches_the_architecture_by_replacing_the_section(tmp_path: Path) -> None:
+    """What `dvc exp run -S` does to params.yaml (DVC's own apply_overrides, Hydra's grammar), then our reader.
+    `~train.model` then `+train.model={...}` replaces the section (README "Models"). A plain `train.model={...}`
+    merges into the convnet's section: DVC refuses it (stem is no key there), and `++` (merge, adding keys) keeps
+    the convnet's keys, which our reader refuses by name."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(path, ["~train.model", f"+train.model={RESNET18}"])
+    params = load_params(path)
+    assert params.train.model.model_dump() == {
+        "name": "resnet18",
+        "init_from": None,
+        "freeze": "none",
+        "backbone_lr_factor": 1.0,
+        "feature_cache": False,
+        "stem": "cifar",
+    }
+    assert params.baseline == load_params(REPO / "params.yaml").baseline
+    apply_overrides(path, ["train.model.stem=imagenet", "train.model.freeze=none"])  # a key of the new section
+    assert load_params(path).train.model.stem == "imagenet"
+
+    path.write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(InvalidArgumentError):
+        apply_overrides(path, [f"train.model={RESNET18}"])
+    apply_overrides(path, [f"++train.model={RESNET18}"])
+    with pytest.raises(ParamsError, match="train.model.filters: not a key of model resnet18"):
+        load_params(path)

@@ -51,7 +51,7 @@ def evaluate_params(params: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         {
             "n_trials": 2,
             "timeout_s": None,
-            "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0},
+            "fixed": {"train.early_stopping_patience": 0},  # (train.max_epochs: 2 already)
             "space": {"train.optimizer.lr": {"float": [1e-3, 1e-2], "log": True}},
         }
     )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from helpers import model_params
-from medmnist_pipeline.config.train import MODEL_OPTIONS
+from medmnist_pipeline.config.train import MODEL_KEYS, model_section
 from medmnist_pipeline.models.build import build_model
 from medmnist_pipeline.models.networks import ConvNet, LogReg, ResNet, relu_modules, replace_head
 
@@ -190,7 +190,7 @@ def test_resnet_initialisation_is_torchvisions() -> None:
         ({"name": "vgg16"}, "name"),
         ({"kernel_size": 4}, "odd"),
         ({"dropout": 1.0}, "dropout"),
-        ({"stem": "vit"}, "stem"),
+        ({"name": "resnet18", "stem": "vit"}, "stem"),
         ({"filters": 0}, "filters"),
     ],
 )
@@ -201,9 +201,30 @@ def test_model_options_are_checked_once_by_params_validation(change: dict, messa
         model_params(**change)
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_OPTIONS))
-def test_each_architecture_receives_exactly_its_options(name: str) -> None:
-    assert set(model_params(name=name).options()) == set(MODEL_OPTIONS[name])
+OWN_KEYS = {
+    "logreg": {},
+    "convnet": SMALL_CONVNET,
+    "resnet18": {"stem": "cifar"},
+    "resnet50": {"stem": "cifar"},
+    **{f"efficientnet_lite{i}": {"pretrained": "none", "input_size": 32} for i in range(3)},
+}
+# a valid value of every key some architecture reads
+ANY_VALUE = {**SMALL_CONVNET, "stem": "cifar", "pretrained": "none", "input_size": 32, "init_from": None,
+             "freeze": "none", "backbone_lr_factor": 1.0, "feature_cache": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_KEYS))
+def test_each_architecture_holds_exactly_its_keys_and_refuses_the_others(name: str) -> None:
+    from pydantic import ValidationError
+
+    section = model_params(name=name, **OWN_KEYS[name])
+    assert tuple(section.model_dump()) == MODEL_KEYS[name]
+    assert build_model(section, 1, 2, 28) is not None  # build_model gets the typed section and reads every key
+    foreign = [key for key in ANY_VALUE if key not in MODEL_KEYS[name]]
+    assert foreign and (name == "logreg") == (len(foreign) == len(ANY_VALUE))  # logreg reads no transfer key
+    for key in foreign:
+        with pytest.raises(ValidationError, match=key):
+            model_section({**section.model_dump(), key: ANY_VALUE[key]})
 
 
 def test_unknown_resnet_depth_raises_value_error() -> None:

@@ -77,7 +77,7 @@ def tiny_pipeline(params: dict) -> dict:
         params[section].update({"max_epochs": 2, "early_stopping_patience": 0})
     params["train"]["model"].update({"filters": 8, "blocks": 2, "fc_width": 16})
     params["tune"].update(
-        {"n_trials": 2, "timeout_s": None, "fixed": {"train.max_epochs": 2, "train.early_stopping_patience": 0}}
+        {"n_trials": 2, "timeout_s": None, "fixed": {}}  # trials train as train does (2 epochs, no early stopping)
     )
     params["evaluate"].update(
         {

@@ -202,13 +202,12 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def lite0_params(repo_params: dict, source: Path, freeze: str, input_size: int, cache: bool) -> dict:
+    from helpers import set_model
     from test_training import tiny, use_custom
 
     params = tiny(repo_params)
     use_custom(params, source, "binary-class", ["no", "yes"])
-    params["train"]["model"].update(
-        name=LITE0, pretrained="imagenet", freeze=freeze, input_size=input_size, feature_cache=cache
-    )
+    set_model(params, name=LITE0, pretrained="imagenet", freeze=freeze, input_size=input_size, feature_cache=cache)
     params["train"]["batch_augment"] = {"flip": False, "translate": 0}
     return params
 
@@ -300,13 +299,15 @@ def test_train_stage_fine_tunes_an_rgb_dataset_at_a_larger_input_size(workdir: P
 
 
 def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None:
-    from helpers import params_error, write_params
-    from medmnist_pipeline.config.params import load_params
+    from helpers import params_error, set_model, write_params
+    from medmnist_pipeline.config.params import check_trials_can_run, load_params
+    from medmnist_pipeline.errors import ParamsError
 
     model = repo_params["train"]["model"]
     model.update(name="convnet", freeze="backbone", init_from=None)
     assert "needs train.model.init_from" in params_error(tmp_path / "p.yaml", repo_params)
-    model.update(name=LITE0, pretrained="none")
+    set_model(repo_params, name=LITE0, pretrained="none", input_size=64)
+    model = repo_params["train"]["model"]
     assert "train.model.pretrained" in params_error(tmp_path / "p.yaml", repo_params)
     model.update(pretrained="imagenet", input_size=8)
     assert "train.model.input_size" in params_error(tmp_path / "p.yaml", repo_params)
@@ -324,7 +325,11 @@ def test_params_for_pretrained_models(tmp_path: Path, repo_params: dict) -> None
         "train.model.backbone_lr_factor": {"float": [0.01, 1.0], "log": True},
     }
     model.update(feature_cache=False)
-    load_params(write_params(tmp_path / "ok.yaml", repo_params))
+    check_trials_can_run(load_params(write_params(tmp_path / "ok.yaml", repo_params)))
+    # a convnet's filters is no key of theirs: the tune stage refuses to search it
+    repo_params["tune"]["space"]["train.model.filters"] = {"categorical": [8, 16]}
+    with pytest.raises(ParamsError, match="tune.space.train.model.filters: not a key of model efficientnet_lite0"):
+        check_trials_can_run(load_params(write_params(tmp_path / "ok.yaml", repo_params)))
 
 
 @pytest.mark.slow  # ~1 min of CPU (the features of 5,232 images); the synthetic-data train-stage test above runs in CI
@@ -336,7 +341,7 @@ def test_feature_extraction_on_pneumoniamnist_keeps_the_imagenet_backbone(tmp_pa
 
     import yaml
 
-    from helpers import REPO, shared_file, write_params
+    from helpers import REPO, set_model, shared_file, write_params
     from medmnist_pipeline.models.modelfile import ModelFile
 
     mirror = shared_file("pneumoniamnist.npz").parent
@@ -345,9 +350,7 @@ def test_feature_extraction_on_pneumoniamnist_keeps_the_imagenet_backbone(tmp_pa
     params["tracking"]["experiment"] = "done-when-issue-11"
     params["augment"]["copies"] = 0
     params["train"].update(augmented=False, max_epochs=2, early_stopping_patience=0)
-    params["train"]["model"].update(
-        name=LITE0, pretrained="imagenet", freeze="backbone", feature_cache=True, input_size=28
-    )
+    set_model(params, name=LITE0, pretrained="imagenet", freeze="backbone", feature_cache=True, input_size=28)
     write_params(tmp_path / "params.yaml", params)
     command = [sys.executable, "-m", "medmnist_pipeline"]
     for stage in ("download", "train"):

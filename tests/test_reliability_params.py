@@ -26,6 +26,8 @@ from medmnist_pipeline import cli
 
 STAGES = ("download", "augment", "baseline", "train", "tune", "evaluate")
 REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+RESNET18 = {"name": "resnet18", "stem": "cifar", "init_from": None, "freeze": "none", "backbone_lr_factor": 1.0,
+            "feature_cache": False}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,12 @@ CASES = [
     Case("tracking uri as a list", "tracking.uri", put("tracking.uri", ["sqlite:///x.db"]), stage="baseline"),
     # baseline
     Case("baseline is not logreg", "baseline.model.name", put("baseline.model.name", "convnet"), stage="baseline"),
+    Case(
+        "convnet key in the baseline",
+        "baseline.model.filters: not a key of model logreg (its keys: name)",
+        put("baseline.model.filters", 32),
+        stage="baseline",
+    ),
     Case("baseline lr zero", "baseline.optimizer.lr", put("baseline.optimizer.lr", 0), stage="baseline"),
     Case("baseline batch zero", "baseline.batch_size", put("baseline.batch_size", 0), stage="baseline"),
     Case("baseline epochs missing", "baseline.max_epochs", drop("baseline.max_epochs"), stage="baseline"),
@@ -187,7 +195,9 @@ CASES = [
     Case("too many blocks", "train.model.blocks", put("train.model.blocks", 9)),
     Case("dropout one", "train.model.dropout", put("train.model.dropout", 1.0)),
     Case("freeze without init", "train.model.freeze", put("train.model.freeze", "backbone")),
-    Case("stem unknown", "train.model.stem", put("train.model.stem", "tiny")),
+    Case("stem unknown", "train.model.stem", put("train.model", {**RESNET18, "stem": "tiny"})),
+    Case("resnet key in a convnet", "train.model.stem: not a key of model convnet", put("train.model.stem", "cifar")),
+    Case("name switched alone", "train.model.filters: not a key of model resnet", put("train.model.name", "resnet18")),
     Case("epochs zero", "train.max_epochs", put("train.max_epochs", 0)),
     Case("epochs as text", "train.max_epochs", put("train.max_epochs", "20")),
     Case("batch negative", "train.batch_size", put("train.batch_size", -128)),
@@ -263,12 +273,33 @@ CASES = [
         stage="tune",
     ),
     Case(
-        "space the model ignores", "tune.space.train.model.dropout", put("train.model.name", "resnet18"), stage="tune"
+        "space the model ignores",
+        "tune.space.train.model.dropout: not a key of model resnet18",
+        put("train.model", RESNET18),
+        stage="tune",
     ),
     Case(
         "space a sampled model ignores",
-        "tune.space.train.model.dropout: resnet18 ignores dropout",
+        "tune.space.train.model.dropout: not a key of model resnet18",
         space({"train.model.name": {"categorical": ["convnet", "resnet18"]}}),
+        stage="tune",
+    ),
+    Case(
+        "sampled model's key unset",
+        "tune.space.train.model.name: the resnet18 trials read stem",
+        put("tune.space", {"train.model.name": {"categorical": ["convnet", "resnet18"]}}),
+        stage="tune",
+    ),
+    Case(
+        "fixed key no trial model reads",
+        "tune.fixed.train.model.stem: no model the trials build reads stem",
+        put("tune.fixed", {"train.model.stem": "cifar"}),
+        stage="tune",
+    ),
+    Case(
+        "fixed copies train's value",
+        "tune.fixed.train.max_epochs: 12 is already train.max_epochs's value",
+        put("tune.fixed", {"train.max_epochs": 12}),
         stage="tune",
     ),
     Case("tune timeout infinite", "tune.timeout_s", put("tune.timeout_s", float("inf")), stage="tune"),

@@ -5,7 +5,9 @@ still loads and predicts the same.
 To record new references after an intended change of results: ``RECORD_REFERENCE=1 pytest tests/test_same_metrics.py``
 (and say why in the commit message). Recorded since: the train reference, when augmented copies became seeded per
 image (issue 10; the baseline, which sees no copies, is unchanged). ``model-v1-convnet.ckpt`` was written by the
-version before issue 9 and is never re-recorded: it is what old files look like.
+version before issue 9 and is never re-recorded: it is what old files look like. ``model-v2-{logreg,convnet}.ckpt``
+were written by the last version with the flat model section (tests/fixtures/README.md says how), with the
+probabilities that version predicted for ``model-v1-convnet-images.npy`` (``model-v2-predictions.npz``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 import torch
 
 from helpers import make_npz, write_params
+from medmnist_pipeline.config.train import MODEL_KEYS
 from medmnist_pipeline.stages import augment, baseline, download, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -74,4 +77,31 @@ def test_a_model_file_of_the_first_format_still_loads_and_predicts(tmp_path: Pat
     model.save(tmp_path / "again.ckpt")
     again = ModelFile.load(tmp_path / "again.ckpt")
     np.testing.assert_array_equal(again.predict(images), scores)
-    assert torch.load(tmp_path / "again.ckpt", weights_only=True)["format"] == "medmnist-pipeline/model-v2"
+    assert torch.load(tmp_path / "again.ckpt", weights_only=True)["format"] == "medmnist-pipeline/model-v3"
+    assert set(again.model.model_dump()) == set(MODEL_KEYS["convnet"])
+
+
+def test_a_model_file_with_the_flat_model_section_loads_as_its_architecture_and_predicts_the_same(
+    tmp_path: Path,
+) -> None:
+    """model-v2 files hold every architecture's keys in one dict (a logreg's filters: 32, a convnet's
+    pretrained: imagenet); they load as their own architecture's section, the others dropped, and predict what the
+    version that wrote them predicted."""
+    from medmnist_pipeline.models.modelfile import ModelFile
+
+    images = torch.from_numpy(np.load(FIXTURES / "model-v1-convnet-images.npy"))[:, None]
+    recorded = np.load(FIXTURES / "model-v2-predictions.npz")
+    for name in ("logreg", "convnet"):
+        path = FIXTURES / f"model-v2-{name}.ckpt"
+        stored = torch.load(path, weights_only=True)
+        assert stored["format"] == "medmnist-pipeline/model-v2" and "stem" in stored["model"]  # the flat section
+        model = ModelFile.load(path)
+        assert model.model.name == name and tuple(model.model.model_dump()) == MODEL_KEYS[name]
+        assert {k: v for k, v in stored["model"].items() if k in MODEL_KEYS[name]} == model.model.model_dump()
+        assert model.labels == ("a", "b", "c") and len(model.history) == 2
+        np.testing.assert_allclose(model.predict(images), recorded[name], rtol=0, atol=1e-6)
+        model.save(tmp_path / f"{name}.ckpt")
+        again = ModelFile.load(tmp_path / f"{name}.ckpt")
+        assert again.model == model.model
+        np.testing.assert_array_equal(again.predict(images), model.predict(images))
+    assert ModelFile.load(FIXTURES / "model-v2-logreg.ckpt").model.model_dump() == {"name": "logreg"}

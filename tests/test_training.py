@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import make_npz, shared_file, write_params
+from helpers import make_npz, set_model, shared_file, write_params
 from medmnist_pipeline.config.train import OptimizerParams, ScheduleParams
 from medmnist_pipeline.data.datamodule import as_tensors
 from medmnist_pipeline.errors import PipelineError
@@ -145,7 +145,9 @@ def test_same_params_same_metrics_and_the_baseline(workdir: Path, repo_params: d
     assert json.loads(first)["val"] == json.loads((workdir / "reports/train/metrics.json").read_text())["val"]
 
     baseline.main("params.yaml")
-    assert ModelFile.load(workdir / "models/baseline.ckpt").model.name == "logreg"
+    assert ModelFile.load(workdir / "models/baseline.ckpt").model.model_dump() == {"name": "logreg"}
+    (run,) = runs(params, "baseline")  # logreg reads no other model key, and none is logged
+    assert [k for k in run.data.params if k.startswith("baseline.model.")] == ["baseline.model.name"]
     assert json.loads((workdir / "reports/baseline/metrics.json").read_text())["val"]["auc"] > 0.9
 
 
@@ -230,7 +232,7 @@ def test_divergence_stops_with_advice_and_no_model(workdir: Path, repo_params: d
     params = tiny(repo_params)
     params["train"]["optimizer"].update({"name": "sgd", "lr": 10.0, "momentum": 0.9})
     params["train"]["gradient_clip"] = 0.0
-    params["train"]["model"]["name"] = "logreg"
+    set_model(params, name="logreg")
     use_custom(params, source, "binary-class", ["no", "yes"])
     prepare(workdir, params)
     with pytest.raises(

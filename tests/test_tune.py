@@ -149,7 +149,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(project: tuple[Path, d
         {
             "sampler": "grid",
             "n_trials": 2,
-            "fixed": {"train.max_epochs": 2, "train.schedule.warmup_epochs": 1},
+            "fixed": {"train.schedule.warmup_epochs": 1},
             "space": {"train.schedule.name": {"categorical": ["cosine", "onecycle"]}},
         }
     )
@@ -397,3 +397,92 @@ def test_multi_device_trials_are_checked_by_the_tune_stage(
     with pytest.raises(ParamsError, match=message):
         tune.main("params.yaml")
     assert not (workdir / "reports" / "tune").exists()
+
+
+# --- trials over several architectures (train.model is a tagged union) --------------------------------------
+
+ACROSS = {
+    "train.model.name": {"categorical": ["convnet", "resnet18", "logreg"]},
+    "train.model.freeze": {"categorical": ["none"]},  # a key of every model the search builds but logreg
+}
+
+
+def test_a_trial_of_another_architecture_keeps_only_the_keys_it_reads(tmp_path: Path, repo_params: dict) -> None:
+    from medmnist_pipeline.config.params import check_trials_can_run
+    from medmnist_pipeline.tuning.search import trial_train_params
+
+    repo_params["tune"]["space"] = {
+        "train.model.name": {"categorical": ["convnet", "resnet18"]},
+        "train.model.backbone_lr_factor": {"float": [0.1, 1.0]},  # both read it
+    }
+    repo_params["tune"]["fixed"] = {"train.model.stem": "imagenet"}  # what the resnet18 trials read
+    params = load_params(write_params(tmp_path / "params.yaml", repo_params))
+    check_trials_can_run(params)
+    resnet = trial_train_params(params, {"train.model.name": "resnet18", "train.model.backbone_lr_factor": 0.5})
+    assert resnet.model.model_dump() == {
+        "name": "resnet18",
+        "init_from": None,  # train's convnet holds the transfer keys too
+        "freeze": "none",
+        "backbone_lr_factor": 0.5,
+        "feature_cache": False,
+        "stem": "imagenet",
+    }
+    convnet = trial_train_params(params, {"train.model.name": "convnet", "train.model.backbone_lr_factor": 0.5})
+    assert convnet.model == params.train.model.model_copy(update={"backbone_lr_factor": 0.5})  # no stem
+    assert resnet.optimizer == convnet.optimizer == params.train.optimizer  # the rest is train's
+
+
+@pytest.mark.parametrize(
+    ("fixed", "space", "message"),
+    [
+        ({}, ACROSS, "tune.space.train.model.freeze: not a key of model logreg (its keys: name), which the trials"),
+        (
+            {},
+            {"train.model.name": {"categorical": ["convnet", "resnet18"]}},
+            "tune.space.train.model.name: the resnet18 trials read stem, which train.model (a convnet) does not "
+            "hold; set train.model.stem in tune.fixed",
+        ),
+        (
+            {"train.model.name": "resnet50"},
+            {"train.optimizer.lr": {"float": [1e-3, 1e-2]}},
+            "tune.fixed.train.model.name: the resnet50 trials read stem",
+        ),
+        ({"train.model.pretrained": "none"}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "no model the trials"),
+        ({"train.max_epochs": 12}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "12 is already train.max_"),
+        ({"train.model.filters": 16}, {"train.optimizer.lr": {"float": [1e-3, 1e-2]}}, "16 is already train.model"),
+    ],
+)
+def test_the_tune_stage_refuses_a_search_its_models_cannot_take(
+    tmp_path: Path, repo_params: dict, fixed: dict, space: dict, message: str
+) -> None:
+    """Searched model keys must be read by every model the trials build, fixed ones by at least one, and each of
+    them must get every key it reads; tune.fixed holds what the trials change, not a copy of train's value."""
+    from medmnist_pipeline.config.params import check_trials_can_run
+
+    repo_params["tune"].update(fixed=fixed, space=space)
+    params = load_params(write_params(tmp_path / "params.yaml", repo_params))  # fine for the other stages
+    with pytest.raises(ParamsError) as error:
+        check_trials_can_run(params)
+    assert message in str(error.value)
+
+
+def test_a_searched_name_with_only_keys_every_model_reads_starts_from_train(tmp_path: Path, repo_params: dict) -> None:
+    from medmnist_pipeline.config.params import check_trials_can_run
+    from medmnist_pipeline.tuning.search import enqueue_train_values, trial_train_params
+
+    repo_params["tune"]["space"] = {"train.model.name": {"categorical": ["logreg", "convnet"]}}
+    params = load_params(write_params(tmp_path / "params.yaml", repo_params))
+    check_trials_can_run(params)
+    assert trial_train_params(params, {"train.model.name": "logreg"}).model.model_dump() == {"name": "logreg"}
+    study = optuna.create_study(direction="maximize")
+    assert enqueue_train_values(study, params) == {"train.model.name": "convnet"}  # trial 0: the cnn itself
+    # a searched key train's own model (the convnet) lacks: no trial 0 from train's values
+    repo_params["tune"]["space"] = {
+        "train.model.name": {"categorical": ["resnet18", "resnet50"]},
+        "train.model.stem": {"categorical": ["cifar", "imagenet"]},
+    }
+    params = load_params(write_params(tmp_path / "params.yaml", repo_params))
+    check_trials_can_run(params)
+    assert enqueue_train_values(optuna.create_study(direction="maximize"), params) is None
+    trial = trial_train_params(params, {"train.model.name": "resnet50", "train.model.stem": "imagenet"})
+    assert (trial.model.name, trial.model.stem, trial.model.freeze) == ("resnet50", "imagenet", "none")

