@@ -57,7 +57,7 @@ def main(params_path: str, worker: bool = False) -> None:
         print(f"{tuned}: trial {best.number}'s model, from {source}")
         noise = validation_noise(study, tuned, params, meta)
         print(noise.sentence())
-        reports.mkdir(parents=True, exist_ok=True)
+        TUNED_PARAMS.parent.mkdir(parents=True, exist_ok=True)  # a fresh project folder has no reports/tune yet
         TUNED_PARAMS.write_text(best_params_yaml(study, params, best))
         states = write_search_reports(study, params, best, noise, reports, time.perf_counter() - started)
 
