@@ -135,6 +135,8 @@ def model_section(raw: Any) -> ModelSection:
 
 
 class OptimizerParams(Section):
+    """Read by ``training.classifier.build_optimization``."""
+
     name: Literal["adam", "adamw", "sgd", "rmsprop"]
     lr: Annotated[float, Field(gt=0, le=10)]
     weight_decay: Annotated[float, Field(ge=0, le=1)]  # L2 for adam/sgd/rmsprop, decoupled for adamw
@@ -149,6 +151,8 @@ class OptimizerParams(Section):
 
 
 class ScheduleParams(Section):
+    """Read by ``training.classifier.build_optimization``."""
+
     # multistep: lr x factor at 50% and 75% of the epochs (the MedMNIST protocol, factor 0.1); cosine: to 0;
     # onecycle: torch's OneCycleLR (its own warmup); plateau: lr x factor after `patience` epochs without a
     # better validation AUC.
@@ -165,6 +169,8 @@ class ScheduleParams(Section):
 
 
 class TrainerParams(Section):
+    """Read by ``training.trainer.build_trainer`` (and ``check_hardware``)."""
+
     accelerator: Literal["auto", "cpu", "gpu"]
     devices: Annotated[int, Field(ge=1, le=1024)]  # per node
     num_nodes: Annotated[int, Field(ge=1, le=1024)]
@@ -183,6 +189,9 @@ class BatchAugmentParams(Section):
 
 
 class TrainParams(Section):
+    """``baseline`` and ``train``: read by ``training.fit.fit`` (augmented, batch_size, resume; the model through
+    ``training.classifier.build_classifier``, the epochs, patience and clipping through ``training.trainer``)."""
+
     model: ModelParams  # the architecture's own section (the union above)
     augmented: bool  # train on the augment stage's copies (epoch e: copy e mod copies) or on the originals
     batch_size: Annotated[int, Field(ge=1, le=65_536)]

@@ -44,12 +44,17 @@ class Distribution(Section):
 
 
 class PrunerParams(Section):
+    """Read by ``tuning.search.pruner_for``."""
+
     name: Literal["median", "hyperband", "none"]
     startup_trials: Count  # median: trials that are never pruned, to learn what "median" means
     warmup_epochs: Count  # median: epochs before pruning starts; hyperband: its minimum resource - 1
 
 
 class TuneParams(Section):
+    """``tune``: read by ``tuning.search`` (space, fixed, sampler, pruner, metric, storage, n_trials, timeout_s) and
+    ``tuning.workers`` (several workers on one study)."""
+
     n_trials: Annotated[
         int, Field(ge=1, le=10_000)
     ]  # finished (completed or pruned) trials wanted in the study, across all workers
