@@ -156,3 +156,21 @@ def test_flipped_byte_from_a_fresh_process(saved: Path, tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (1, "")
     expected = f"{path}: its weights do not match their checksum (damaged); it was not loaded"
     assert done.stderr == f"medmnist-pipeline predict: error: {expected}\n"
+
+
+def test_evaluate_refuses_a_damaged_model_before_its_run(saved: Path, tmp_path: Path, monkeypatch) -> None:
+    """evaluate's load path (``load_models``, called before the stage's MLflow run starts)."""
+    from types import SimpleNamespace
+
+    from medmnist_pipeline.evaluation import scoring
+
+    meta = SimpleNamespace(flag="custom", size=28, md5="0" * 32)
+    damaged = damaged_files(saved, tmp_path)
+    for case in ("flipped byte", "wrong shapes", "no model entry"):
+        path, message = damaged[case]
+        monkeypatch.setattr(scoring, "MODEL_FILES", {"baseline": saved, "cnn": path, "tuned": saved})
+        with pytest.raises(PipelineError) as caught:
+            scoring.load_models(meta)
+        assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1, (case, caught.value)
+    monkeypatch.setattr(scoring, "MODEL_FILES", {"baseline": saved, "cnn": saved, "tuned": saved})
+    assert set(scoring.load_models(meta)) == {"baseline", "cnn", "tuned"}
