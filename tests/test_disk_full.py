@@ -118,3 +118,28 @@ def test_train_with_models_on_a_full_disk_keeps_its_reports(
         assert sorted(p.name for p in models.iterdir()) == ["filler"]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in reports.iterdir()} == before
     assert max(runs(params, "train"), key=lambda r: r.info.start_time).info.status == "FAILED"
+
+
+def test_train_with_its_mlflow_artifacts_on_a_full_disk_is_one_line(
+    tmp_path: Path, repo_params: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from urllib.parse import urlparse
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny(repo_params, epochs=1, copies=0)
+    use_custom(params, make_npz(tmp_path / "data.npz", counts=(64, 16, 8)), "binary-class", ["no", "yes"])
+    prepare(tmp_path, params)
+    assert cli.main(["train"]) == 0
+    (first,) = runs(params, "train")
+    experiment_artifacts = Path(urlparse(first.info.artifact_uri).path).parent.parent  # <root>/<experiment id>
+    capsys.readouterr()
+    with tmpfs(experiment_artifacts, 1) as artifacts:
+        fill(artifacts)
+        code = cli.main(["train"])
+        err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("medmnist-pipeline train: error: train: the disk holding "), err
+    failed = "the stage's MLflow run ended FAILED: free some space and run the stage again"
+    assert err.endswith(f" is full (No space left on device); {failed}\n"), err
+    assert max(runs(params, "train"), key=lambda r: r.info.start_time).info.status == "FAILED"
