@@ -77,7 +77,7 @@ def test_a_model_file_of_the_first_format_still_loads_and_predicts(tmp_path: Pat
     model.save(tmp_path / "again.ckpt")
     again = ModelFile.load(tmp_path / "again.ckpt")
     np.testing.assert_array_equal(again.predict(images), scores)
-    assert torch.load(tmp_path / "again.ckpt", weights_only=True)["format"] == "medmnist-pipeline/model-v3"
+    assert torch.load(tmp_path / "again.ckpt", weights_only=True)["format"] == "medmnist-pipeline/model-v4"
     assert set(again.model.model_dump()) == set(MODEL_KEYS["convnet"])
 
 

@@ -92,6 +92,13 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: %(default)s)"
     )
+    command.add_argument(
+        "--max-pixels",
+        type=int,
+        default=16_000_000,
+        metavar="N",
+        help="refuse an image of more pixels (width x height), read from its header (default: %(default)s)",
+    )
 
 
 UI_HELP = "start the MLflow UI for the project's tracking store (Ctrl-C stops it)"
@@ -123,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":  # not a stage: its own arguments
             from medmnist_pipeline.predict import run as predict
 
-            predict.main(args.model, args.images, out=args.out, params=args.params, batch_size=args.batch_size)
+            predict.main(
+                args.model,
+                args.images,
+                out=args.out,
+                params=args.params,
+                batch_size=args.batch_size,
+                max_pixels=args.max_pixels,
+            )
             return 0
         if args.command == "ui":  # not a stage: MLflow's server as a child process
             from medmnist_pipeline import ui

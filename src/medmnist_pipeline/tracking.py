@@ -5,6 +5,7 @@ with flattened params and tags, the nested runs of tuning trials and evaluate's 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medmnist_pipeline.config.params import Params, TrackingParams
+from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
 
@@ -201,7 +203,7 @@ def stage_run(
     """An MLflow run for one stage: params of the sections it reads, tags that say what and where.
 
     ``run_id`` continues an interrupted run instead of starting a new one. An exception inside the block ends
-    the run as FAILED (MLflow's own context manager does that).
+    the run as FAILED (MLflow's own context manager does that); a full disk is the one-line ``write_error``.
     """
     mlflow = quiet_mlflow()
     exp_id = experiment_id(params)
@@ -216,7 +218,15 @@ def stage_run(
         if run_id:  # a continued run keeps the params it was started with (MLflow params are write-once)
             flat = {k: v for k, v in flat.items() if k not in run.data.params}
         mlflow.log_params(flat)
-        yield run
+        try:
+            yield run
+        except OSError as exc:  # a full disk anywhere in the stage (mlruns/, reports/, ...): one line, run FAILED
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise PipelineError(
+                f"{stage}: the disk holding {exc.filename or 'its outputs'} is full ({exc.strerror}); the stage's "
+                "MLflow run ended FAILED: free some space and run the stage again"
+            ) from None
 
 
 def nested_run(params: Params, run_name: str, parent_run_id: str | None, tags: Mapping[str, str]) -> Any:

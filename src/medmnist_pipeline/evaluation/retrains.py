@@ -16,6 +16,7 @@ from medmnist_pipeline.config.params import Params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.dataset import DatasetMeta, Split
 from medmnist_pipeline.evaluation.scoring import scores, split_metrics
+from medmnist_pipeline.files import atomic_file, clear_write_errors
 from medmnist_pipeline.models.modelfile import ModelFile
 from medmnist_pipeline.paths import checkpoints_dir, retrains_dir
 
@@ -63,7 +64,8 @@ def retrain(
         )
         retrains_dir().mkdir(parents=True, exist_ok=True)
         np.save(indices, result.trained_indices.numpy())
-        result.model_file(meta, run.info.run_id).save(done)
+        with clear_write_errors(f"evaluate/{name}: the model file", done), atomic_file(done) as tmp:
+            result.model_file(meta, run.info.run_id).save(tmp)
         mlflow.end_run("FINISHED")
     except BaseException:
         mlflow.end_run("FAILED")

@@ -27,7 +27,8 @@ from medmnist_pipeline.paths import MODEL_FILES
 
 
 def load_models(meta: DatasetMeta) -> dict[str, ModelFile]:
-    """The stages' model files, checked to belong to the prepared dataset (same file MD5 and size)."""
+    """The stages' model files, checked to be whole (their checksum), to fit their model section and to belong to the
+    prepared dataset (same file MD5 and size)."""
     models = {}
     for name, path in MODEL_FILES.items():
         model = ModelFile.load(path)
@@ -37,6 +38,7 @@ def load_models(meta: DatasetMeta) -> dict[str, ModelFile]:
                 f" (MD5 {model.dataset.md5}), not on the prepared {meta.flag} {meta.size}px;"
                 " run `dvc repro` to retrain it"
             )
+        model.network()  # weights that do not fit their model section: refused here, before the stage's run starts
         models[name] = model
     return models
 

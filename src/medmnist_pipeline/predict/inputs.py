@@ -5,6 +5,9 @@ model's channels and size the way the README's "Predict" section describes, one 
 
 from __future__ import annotations
 
+import os
+import stat
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -20,6 +23,11 @@ from medmnist_pipeline.memory import trim_heap
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
 NPZ_KEY = "test_images"  # the MedMNIST layout's split to predict; a plain npz must hold exactly one array
+# pixels per image (width x height) read from the header before decoding; `predict --max-pixels` raises it. A 16 MP
+# colour image decodes to 48 MB; Pillow's own warning comes only at 89 MP, and its refusal at 179 MP.
+DEFAULT_MAX_PIXELS = 16_000_000
+# what Pillow raises for an image whose metadata chunks (zTXt, iCCP, ...) inflate past its limits, or that is cut short
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,9 @@ class ImageInput:
     channels_first: bool = False  # npz stored as (N, C, H, W)
 
 
-def collect(inputs: Sequence[str]) -> list[ImageInput]:
-    """Every image named by ``inputs`` (files, folders of PNG/JPEG files, npz files), checked from headers only."""
+def collect(inputs: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ImageInput]:
+    """Every image named by ``inputs`` (files, folders of PNG/JPEG files, npz files), checked from headers only:
+    regular files only (a FIFO or a device would block or never end), at most ``max_pixels`` pixels per image."""
     sources: list[ImageInput] = []
     for given in inputs:
         path = Path(given)
@@ -44,31 +53,46 @@ def collect(inputs: Sequence[str]) -> list[ImageInput]:
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise PipelineError(f"{given}: no PNG or JPEG files in this folder (names ending .png, .jpg, .jpeg)")
-            sources.extend(_image_source(p, str(p)) for p in files)
+            sources.extend(_image_source(p, str(p), max_pixels) for p in files)
         elif not path.exists():
             raise PipelineError(f"{given}: no such file or folder")
+        elif not stat.S_ISREG(os.stat(path).st_mode):
+            raise PipelineError(f"{given}: not a regular file (a FIFO, socket or device); it was not opened")
         elif path.suffix.lower() == ".npz":
-            sources.extend(_npz_sources(path, given))
+            sources.extend(_npz_sources(path, given, max_pixels))
         else:
-            sources.append(_image_source(path, given))
+            sources.append(_image_source(path, given, max_pixels))
     return sources
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise PipelineError(
+            f"{name}: {width}x{height} px ({width * height / 1e6:.1f} MP) is over the {max_pixels / 1e6:g} MP "
+            "limit on an image; it was not decoded (shrink it, or raise --max-pixels)"
+        )
 
 
 GREY_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
 
 
-def _image_source(path: Path, name: str) -> ImageInput:
+def _image_source(path: Path, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInput:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
-            size, mode = image.size, image.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel budget below decides
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                size, mode = image.size, image.mode
     except UnidentifiedImageError:
         raise PipelineError(f"{name}: not a PNG or JPEG image") from None
     except Image.DecompressionBombError as exc:
-        raise PipelineError(f"{name}: {exc}") from None
+        raise PipelineError(f"{name}: {first_line(exc)} (raise --max-pixels to allow more)") from None
     except OSError as exc:
-        raise PipelineError(f"{name}: cannot read this file ({exc.strerror or exc})") from None
+        raise PipelineError(f"{name}: cannot read this file ({exc.strerror or first_line(exc)})") from None
+    except DECODE_ERRORS as exc:  # e.g. a zTXt or iCCP chunk that inflates past Pillow's limit
+        raise PipelineError(f"{name}: cannot read this image ({first_line(exc)})") from None
+    _check_pixels(name, *size, max_pixels)
     if mode in ("I", "F"):
         raise PipelineError(
             f"{name}: {mode} images (32-bit {'integer' if mode == 'I' else 'float'} pixels) are "
@@ -77,7 +101,7 @@ def _image_source(path: Path, name: str) -> ImageInput:
     return ImageInput(name, path, size, 1 if mode in GREY_MODES else 3)
 
 
-def _npz_sources(path: Path, given: str) -> list[ImageInput]:
+def _npz_sources(path: Path, given: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ImageInput]:
     """The ``test_images`` array of a MedMNIST-layout npz, else the only array of a plain npz: uint8 (N, H, W),
     (N, H, W, 1|3) or (N, 1|3, H, W)."""
     try:
@@ -110,6 +134,7 @@ def _npz_sources(path: Path, given: str) -> list[ImageInput]:
         raise PipelineError(f"{where}: shape {shape}; expected images (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W)")
     if n == 0 or height == 0 or width == 0:
         raise PipelineError(f"{where}: shape {shape} holds no images")
+    _check_pixels(where, width, height, max_pixels)
     return [ImageInput(f"{given}[{i}]", path, (width, height), channels, key, i, channels_first) for i in range(n)]
 
 
@@ -261,10 +286,12 @@ class Pixels:
         from PIL import Image, ImageOps
 
         try:
-            with Image.open(source.path, formats=IMAGE_FORMATS) as image:
-                image = ImageOps.exif_transpose(image)  # camera JPEGs: upright as viewers show them
-                image.load()
-        except (OSError, Image.DecompressionBombError) as exc:  # e.g. a truncated file
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within --max-pixels by now
+                with Image.open(source.path, formats=IMAGE_FORMATS) as image:
+                    image = ImageOps.exif_transpose(image)  # camera JPEGs: upright as viewers show them
+                    image.load()
+        except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:  # e.g. truncated, or a chunk too large
             raise PipelineError(f"{source.name}: cannot decode this image ({first_line(exc)})") from None
         if image.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits' worth of contrast, not a clip at 255
             image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8), "L")

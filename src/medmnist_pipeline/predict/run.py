@@ -1,5 +1,5 @@
-"""The ``predict`` command: read every input's header, load the model, write one CSV row per image (to a file only
-once every image is predicted, or to stdout)."""
+"""The ``predict`` command: read every input's header, load the model, write one CSV row per image (to a file or
+stdout, only once every image is predicted)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.metrics import predicted_labels
-from medmnist_pipeline.predict.inputs import ImageInput, Pixels, collect
+from medmnist_pipeline.predict.inputs import DEFAULT_MAX_PIXELS, ImageInput, Pixels, collect
 from medmnist_pipeline.predict.model import Model, load_model
 
 
@@ -44,19 +44,28 @@ def predict_rows(model: Model, sources: Sequence[ImageInput], batch_size: int = 
 
 
 def write_csv(stream: IO[str], model: Model, sources: Sequence[ImageInput], batch_size: int) -> None:
+    """Every row is computed (every image read) before the first line is written: an image that fails to decode
+    leaves nothing on ``stream``, stdout included. The rows are held as text (about 100 bytes an image)."""
+    rows = list(predict_rows(model, sources, batch_size))
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(header(model.labels))
-    for row in predict_rows(model, sources, batch_size):
-        writer.writerow(row)
+    writer.writerows(rows)
 
 
 def main(
-    model: str, images: Sequence[str], out: str | None = None, params: str | None = None, batch_size: int = 256
+    model: str,
+    images: Sequence[str],
+    out: str | None = None,
+    params: str | None = None,
+    batch_size: int = 256,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """The ``predict`` command: CSV to ``out`` (written only if every image is predicted) or to stdout."""
+    """The ``predict`` command: CSV to ``out`` or to stdout, written only once every image is predicted."""
     if batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
-    sources = collect(images)
+    if max_pixels < 1:
+        raise PipelineError(f"--max-pixels must be at least 1, got {max_pixels}")
+    sources = collect(images, max_pixels)
     loaded = load_model(model, params, batch_size)
     for note in conversion_notes(sources, loaded):
         print(note, file=sys.stderr)

@@ -11,7 +11,7 @@ from medmnist_pipeline.config.params import Params, load_params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.dataset import load_meta
 from medmnist_pipeline.figures import save_figure
-from medmnist_pipeline.files import atomic_file
+from medmnist_pipeline.files import atomic_file, clear_write_errors
 from medmnist_pipeline.paths import PREPARED_DIR, model_file, reports_dir
 from medmnist_pipeline.training.curves import plot_history
 from medmnist_pipeline.training.fit import fit, resumable_run
@@ -23,7 +23,8 @@ def main(params_path: str) -> None:
 
 
 def run(stage: str, params: Params, section: TrainParams) -> None:
-    """Fit ``section``, then write the model file, validation metrics, history and curves, and log them."""
+    """Fit ``section``, then write the model file and, once it is written, validation metrics, history and curves,
+    and log them."""
     import mlflow
 
     from medmnist_pipeline.training.export import log_pytorch_model
@@ -42,6 +43,10 @@ def run(stage: str, params: Params, section: TrainParams) -> None:
         if not started.writes_outputs:  # another DDP rank: rank 0 writes
             return
         reports, path = reports_dir(stage), model_file(stage)
+        # the model file first: a failed write (a full disk) leaves the previous run's reports as they were
+        trained = result.model_file(meta, started.run.info.run_id)
+        with clear_write_errors(f"{stage}: the model file", path), atomic_file(path) as tmp:
+            trained.save(tmp)
         reports.mkdir(parents=True, exist_ok=True)
         metrics = {
             "val": result.val,
@@ -53,9 +58,6 @@ def run(stage: str, params: Params, section: TrainParams) -> None:
         result.history.to_csv(reports / "history.csv", index=False)
         title = f"{stage}: {section.model.name} on {meta.flag} {meta.size}px"
         save_figure(plot_history(result.history, title), reports / "curves.png")
-        trained = result.model_file(meta, started.run.info.run_id)
-        with atomic_file(path) as tmp:
-            trained.save(tmp)
 
         best = result.best
         mlflow.log_metrics(

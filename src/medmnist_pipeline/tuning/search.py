@@ -28,7 +28,7 @@ from medmnist_pipeline.config.train import TrainParams, merge_model_keys
 from medmnist_pipeline.config.tune import MODEL_PATH, Distribution
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import PipelineError
-from medmnist_pipeline.files import atomic_file, md5sum
+from medmnist_pipeline.files import atomic_file, clear_write_errors, md5sum
 from medmnist_pipeline.owners import worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
 from medmnist_pipeline.tracking import flatten
@@ -231,7 +231,7 @@ def run_trial(
         pruning.check_pruned()  # under DDP the callback only stops training; the verdict is raised here
         value = result.val[params.tune.metric.removeprefix("val/")]
         model_path = folder / f"trial-{trial.number}.ckpt"
-        with atomic_file(model_path) as tmp:
+        with clear_write_errors(f"trial {trial.number}: the model file", model_path), atomic_file(model_path) as tmp:
             result.model_file(meta, run.info.run_id).save(tmp)
         # The model travels through MLflow (workers on other machines); the local file is only a cache of it,
         # trusted when its MD5 matches.
