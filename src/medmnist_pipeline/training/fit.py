@@ -30,6 +30,7 @@ from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
 from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
 from medmnist_pipeline.training.callbacks import ReseedEachEpoch
+from medmnist_pipeline.training.checkpoints import resume_checkpoint
 from medmnist_pipeline.training.classifier import Classifier, build_classifier
 from medmnist_pipeline.training.selection import best_epoch
 from medmnist_pipeline.training.trainer import build_trainer, launch_rank
@@ -116,7 +117,8 @@ def fit(
             f"precision {t.precision}), {section.max_epochs} epochs max"
         )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from if resume_from.is_file() else None)
+    start_from = resume_checkpoint(checkpoint_dir, writes=launch_rank() == 0)
+    trainer.fit(module, datamodule=data, ckpt_path=start_from)
     seconds = time.perf_counter() - started
     if launch_rank() != 0:
         # Another rank of a torchrun/SLURM job (possibly on another node, whose disk holds no checkpoint: only
