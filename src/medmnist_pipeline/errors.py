@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class PipelineError(Exception):
     """A clear, expected failure (bad data, unreachable server, ...): exit status 1."""
@@ -13,6 +15,42 @@ class ParamsError(PipelineError):
     """params.yaml does not pass validation: exit status 2, nothing written."""
 
     exit_code = 2
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT reached a stage: raised where the stage was (not an ``Exception``: no ``except Exception``
+    on the way treats it as a failure to record and carry on). MLflow runs end KILLED on the way out
+    (``tracking.stage_run``), the checkpoint of the last finished epoch stays, and the CLI prints one line and exits
+    128 + the signal's number (143, 130). ``where`` says what a rerun does (set by ``fit``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.where = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM (a scheduler's preemption, ``kill``, a parent dying) and SIGINT (Ctrl-C) raise :class:`Interrupted`
+    once; a second signal during the cleanup is ignored, so the runs still end KILLED (SIGKILL still stops it).
+    Lightning's own SIGTERM handler, installed during ``fit``, calls this one after its own (which would only stop
+    at the next batch and exit 0), and restores it after."""
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def first_line(exc: BaseException) -> str:

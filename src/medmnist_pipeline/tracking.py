@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medmnist_pipeline.config.params import Params, TrackingParams
+from medmnist_pipeline.errors import Interrupted
 from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
 
@@ -201,8 +202,10 @@ def stage_run(
     """An MLflow run for one stage: params of the sections it reads, tags that say what and where.
 
     ``run_id`` continues an interrupted run instead of starting a new one. An exception inside the block ends
-    the run as FAILED (MLflow's own context manager does that).
+    the run as FAILED (MLflow's own context manager does that); SIGTERM/SIGINT (``Interrupted``) end it, and the
+    nested runs still open in it (a tuning trial, a retrain), as KILLED.
     """
+
     mlflow = quiet_mlflow()
     exp_id = experiment_id(params)
     all_tags = {"stage": stage, **git_tags(), **experiment_tags(), **(tags or {})}
@@ -216,7 +219,12 @@ def stage_run(
         if run_id:  # a continued run keeps the params it was started with (MLflow params are write-once)
             flat = {k: v for k, v in flat.items() if k not in run.data.params}
         mlflow.log_params(flat)
-        yield run
+        try:
+            yield run
+        except Interrupted:
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            raise
 
 
 def nested_run(params: Params, run_name: str, parent_run_id: str | None, tags: Mapping[str, str]) -> Any:

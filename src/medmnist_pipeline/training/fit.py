@@ -26,11 +26,12 @@ from medmnist_pipeline.config.params import AugmentParams, LoaderParams, Params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.datamodule import MedMNISTData
 from medmnist_pipeline.data.dataset import DatasetMeta
+from medmnist_pipeline.errors import Interrupted
 from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
 from medmnist_pipeline.owners import dead_here, worker_id
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
 from medmnist_pipeline.training.callbacks import ReseedEachEpoch
-from medmnist_pipeline.training.checkpoints import resume_checkpoint
+from medmnist_pipeline.training.checkpoints import finished_epoch, resume_checkpoint
 from medmnist_pipeline.training.classifier import Classifier, build_classifier
 from medmnist_pipeline.training.selection import best_epoch
 from medmnist_pipeline.training.trainer import build_trainer, launch_rank
@@ -102,7 +103,8 @@ def fit(
     tuning trials pass False (a trial that dies is failed and replaced, not resumed).
     """
     resume_from = checkpoint_dir / "last.ckpt"
-    if not (section.resume == "auto" if resume is None else resume):
+    resumes = section.resume == "auto" if resume is None else resume
+    if not resumes:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     pl.seed_everything(seed, workers=True, verbose=False)
     augmented = AUGMENTED_DIR if section.augmented else None
@@ -118,7 +120,11 @@ def fit(
         )
     started = time.perf_counter()
     start_from = resume_checkpoint(checkpoint_dir, writes=launch_rank() == 0)
-    trainer.fit(module, datamodule=data, ckpt_path=start_from)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=start_from)
+    except Interrupted as exc:
+        exc.where = _rerun_note(trainer.current_epoch, resume_from, resumes)
+        raise
     seconds = time.perf_counter() - started
     if launch_rank() != 0:
         # Another rank of a torchrun/SLURM job (possibly on another node, whose disk holds no checkpoint: only
@@ -139,6 +145,23 @@ def fit(
         "auc": float(best_row["val_auc"]),
     }
     return FitResult(module, history, best, seconds, data.trained_indices())
+
+
+def _rerun_note(epoch: int, last: Path, resumes: bool) -> str:
+    """What an interrupted fit says: the epoch it was in and what a rerun does."""
+    done = finished_epoch(last)
+    if not resumes:  # a tuning trial: its caller says what a rerun does
+        return f"at epoch {epoch}"
+    if done is None:
+        return f"at epoch {epoch}; no epoch finished, a rerun starts over"
+    return f"at epoch {epoch}; rerun resumes from {_shown(last)} (epoch {done} done)"
+
+
+def _shown(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 @dataclass

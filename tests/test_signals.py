@@ -1,0 +1,90 @@
+"""SIGTERM and SIGINT on real stage processes (issue 20, point 2): one line naming the epoch and the checkpoint, exit
+status 143 / 130, the MLflow run KILLED, and a rerun that resumes after the last finished epoch, logging no epoch
+twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import make_npz
+from medmnist_pipeline.stages import train
+from medmnist_pipeline.training.checkpoints import finished_epoch
+from test_training import prepare, tiny, use_custom
+
+
+def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "medmnist_pipeline", *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def wait_for_epoch(workdir: Path, pattern: str, epoch: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until a checkpoint matching ``pattern`` holds ``epoch`` (checkpoints are written atomically: whole or absent)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()
+        for path in workdir.glob(pattern):
+            done = finished_epoch(path)
+            if done is not None and done >= epoch:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint of epoch {epoch} after {timeout_s} s")
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
+# (~60 s each on the loaded 2-core CPU)
+def test_signal_to_train_ends_with_one_line_and_the_rerun_resumes_after_the_last_epoch(
+    workdir: Path, repo_params: dict, capsys: pytest.CaptureFixture, signum: int, status: int
+) -> None:
+    epochs = 6
+    params = tiny(repo_params, epochs=epochs)
+    use_custom(params, make_npz(workdir / "data.npz", counts=(600, 100, 8)), "binary-class", ["no", "yes"])
+    prepare(workdir, params)
+    process = start_cli(workdir, "train")
+    wait_for_epoch(workdir, "checkpoints/train-*/last.ckpt", 1, process)
+    sent = time.perf_counter()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    stop_s = time.perf_counter() - sent
+    assert process.returncode == status, err
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    (last,) = workdir.glob("checkpoints/train-*/last.ckpt")  # kept
+    done = finished_epoch(last)
+    line = err.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(
+        rf"medmnist-pipeline train: interrupted by {name} at epoch \d+; rerun resumes from "
+        rf"{re.escape(str(last.relative_to(workdir)))} \(epoch {done} done\)",
+        line,
+    ), err
+    (id_file,) = workdir.glob("checkpoints/train-*.mlflow_run_id")
+    run_id = id_file.read_text().strip()
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    print(f"stopped {stop_s:.1f} s after {name}", file=sys.__stderr__)  # (with -s: the README's measured time)
+
+    capsys.readouterr()
+    train.main("params.yaml")
+    out = capsys.readouterr().out
+    assert f"resuming the interrupted run from {last}" in out
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    trained = json.loads((workdir / "reports/train/metrics.json").read_text())["epochs"]  # (early stopping)
+    assert trained > done + 1
+    for metric in ("val/auc", "train/loss"):  # every epoch once: the rerun began at done + 1
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, metric)]
+        assert len(steps) == len(set(steps)) == trained, (metric, steps)
