@@ -88,3 +88,76 @@ def test_signal_to_train_ends_with_one_line_and_the_rerun_resumes_after_the_last
     for metric in ("val/auc", "train/loss"):  # every epoch once: the rerun began at done + 1
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, metric)]
         assert len(steps) == len(set(steps)) == trained, (metric, steps)
+
+
+def start_train_twice_test_params(workdir: Path, repo_params: dict, epochs: int) -> None:
+    params = tiny(repo_params, epochs=epochs)
+    params["train"]["early_stopping_patience"] = 0
+    use_custom(params, make_npz(workdir / "data.npz", counts=(600, 100, 8)), "binary-class", ["no", "yes"])
+    prepare(workdir, params)
+
+
+# (~60 s)
+def test_a_second_train_on_the_same_run_folder_is_refused_and_the_first_goes_on(
+    workdir: Path, repo_params: dict
+) -> None:
+    start_train_twice_test_params(workdir, repo_params, epochs=8)
+    first = start_cli(workdir, "train")
+    wait_for_epoch(workdir, "checkpoints/train-*/last.ckpt", 0, first)
+    started = time.perf_counter()
+    second = start_cli(workdir, "train")
+    _, err = second.communicate(timeout=300)
+    refused_s = time.perf_counter() - started
+    assert second.returncode == 1, err
+    (folder,) = workdir.glob("checkpoints/train-*/")
+    (line,) = err.strip().splitlines()
+    assert re.fullmatch(
+        rf"medmnist-pipeline train: error: checkpoints/{folder.name} is in use by [^:]+:{first.pid}, still running: "
+        r"wait for it to end or stop it; two runs on one checkpoint folder would overwrite each other",
+        line,
+    ), err
+    assert first.poll() is None  # unaffected
+    print(f"second train refused in {refused_s:.1f} s", file=sys.__stderr__)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert "best validation AUC" in out
+    assert not list(workdir.glob("checkpoints/*.owner"))  # released
+
+
+WRAPPER = """
+import os, subprocess, sys, time
+# stands in for `dvc repro`: starts the stage with DVC_STAGE set, as DVC does, and waits for it
+child = subprocess.Popen([sys.executable, "-m", "medmnist_pipeline", "train"], stdout=subprocess.DEVNULL,
+                         stderr=open("stage.err", "w"), env={**os.environ, "DVC_STAGE": "train"})
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # (a zombie: ended)
+    except FileNotFoundError:
+        return True
+
+
+# (~40 s)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_stage_process_stops_when_its_parent_dies(workdir: Path, repo_params: dict) -> None:
+    start_train_twice_test_params(workdir, repo_params, epochs=30)
+    wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER], cwd=workdir, stdout=subprocess.PIPE, text=True)
+    stage = int(wrapper.stdout.readline())
+    wait_for_epoch(workdir, "checkpoints/train-*/last.ckpt", 0, wrapper)
+    wrapper.send_signal(signal.SIGTERM)  # what `kill <dvc pid>` does to dvc: it dies, its stage would train on
+    wrapper.wait()
+    killed = time.perf_counter()
+    while not gone(stage) and time.perf_counter() - killed < 60:
+        time.sleep(0.1)
+    stop_s = time.perf_counter() - killed
+    assert gone(stage), "the stage outlived its parent by 60 s"
+    last = (workdir / "stage.err").read_text().rstrip("\n").splitlines()[-1]
+    assert last.startswith("medmnist-pipeline train: interrupted by SIGTERM at epoch "), last
+    (id_file,) = workdir.glob("checkpoints/train-*.mlflow_run_id")
+    assert mlflow.get_run(id_file.read_text().strip()).info.status == "KILLED"
+    print(f"stage stopped {stop_s:.1f} s after its parent died", file=sys.__stderr__)
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 STAGES = {
@@ -117,7 +118,7 @@ def add_ui_parser(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from medmnist_pipeline.errors import Interrupted, PipelineError, interrupt_on_signals
+    from medmnist_pipeline.errors import Interrupted, PipelineError, interrupt_on_signals, stop_with_parent
 
     try:
         if args.command == "predict":  # not a stage: its own arguments
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return ui.main(args.params, host=args.host, port=args.port)
         interrupt_on_signals()
+        if os.environ.get("DVC_STAGE"):  # started by dvc repro / dvc exp run: end with it
+            stop_with_parent()
         from medmnist_pipeline.config.params import check_trials_can_run, load_params
 
         # Refuse bad params before the stage's module imports torch, Lightning or Optuna (seconds): the stage

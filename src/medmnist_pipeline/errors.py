@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 
 
 class PipelineError(Exception):
@@ -51,6 +54,26 @@ def interrupt_on_signals() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, handler)
+
+
+def stop_with_parent(poll_s: float = 1.0) -> threading.Thread:
+    """SIGTERM to this process once its parent has died (it is then adopted: its parent id changes), e.g. a
+    ``dvc repro`` that got SIGTERM itself and would otherwise leave the stage training, orphaned.
+
+    A watching thread rather than Linux's ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the parent *thread*
+    that started the process ends, not the parent process (a false stop under a multithreaded parent such as a
+    queue worker), and exists on Linux only. The thread costs one ``getppid`` a second and stops the stage within
+    ``poll_s``; the SIGTERM goes through the stage's own handler (runs KILLED, one line, exit 143)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="stop-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def first_line(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from medmnist_pipeline.data.datamodule import MedMNISTData
 from medmnist_pipeline.data.dataset import DatasetMeta
 from medmnist_pipeline.errors import Interrupted
 from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
-from medmnist_pipeline.owners import dead_here, worker_id
+from medmnist_pipeline.owners import dead_here, own
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
 from medmnist_pipeline.training.callbacks import ReseedEachEpoch
 from medmnist_pipeline.training.checkpoints import finished_epoch, resume_checkpoint
@@ -191,21 +191,21 @@ def resumable_run(stage: str, params: Params, section: TrainParams, meta: Datase
         yield StageRun(checkpoint_dir, False, None)
         return
     run_id_file = checkpoint_dir.with_name(checkpoint_dir.name + ".mlflow_run_id")
-    interrupted = (checkpoint_dir / "last.ckpt").is_file() and run_id_file.is_file() and section.resume == "auto"
-    resumed_run = run_id_file.read_text().strip() if interrupted else None
-    for ended in end_abandoned_runs(stage, params, keep=checkpoint_dir if resumed_run else None):
-        print(f"ended the interrupted {stage} run {ended} as KILLED: its inputs changed, it can never resume")
-    sections = ["seed", stage] + (["augment"] if section.augmented else [])
-    with stage_run(stage, params, sections, tags=dataset_tags(meta), run_id=resumed_run) as run:
-        run_id_file.parent.mkdir(parents=True, exist_ok=True)
-        run_id_file.write_text(run.info.run_id)
-        _owner_file(checkpoint_dir).write_text(worker_id())
-        if resumed_run:
-            print(f"resuming the interrupted run from {checkpoint_dir / 'last.ckpt'} (MLflow run {resumed_run})")
-        yield StageRun(checkpoint_dir, run_logger(params, run.info.run_id), run)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    run_id_file.unlink(missing_ok=True)
-    _owner_file(checkpoint_dir).unlink(missing_ok=True)
+    # one process per run folder (and so per MLflow run): a second one is refused while the first lives
+    with own(_owner_file(checkpoint_dir), str(_shown(checkpoint_dir))):
+        interrupted = (checkpoint_dir / "last.ckpt").is_file() and run_id_file.is_file() and section.resume == "auto"
+        resumed_run = run_id_file.read_text().strip() if interrupted else None
+        for ended in end_abandoned_runs(stage, params, keep=checkpoint_dir if resumed_run else None):
+            print(f"ended the interrupted {stage} run {ended} as KILLED: its inputs changed, it can never resume")
+        sections = ["seed", stage] + (["augment"] if section.augmented else [])
+        with stage_run(stage, params, sections, tags=dataset_tags(meta), run_id=resumed_run) as run:
+            run_id_file.parent.mkdir(parents=True, exist_ok=True)
+            run_id_file.write_text(run.info.run_id)
+            if resumed_run:
+                print(f"resuming the interrupted run from {checkpoint_dir / 'last.ckpt'} (MLflow run {resumed_run})")
+            yield StageRun(checkpoint_dir, run_logger(params, run.info.run_id), run)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        run_id_file.unlink(missing_ok=True)
 
 
 def _owner_file(checkpoint_dir: Path) -> Path:
