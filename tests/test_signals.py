@@ -15,11 +15,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from optuna.trial import TrialState
 
-from helpers import make_npz
+from helpers import make_npz, write_params
 from medmnist_pipeline.stages import train
 from medmnist_pipeline.training.checkpoints import finished_epoch
 from test_training import prepare, tiny, use_custom
+from test_tune import child_runs, study_of, tune_params
 
 
 def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
@@ -161,3 +163,39 @@ def test_the_stage_process_stops_when_its_parent_dies(workdir: Path, repo_params
     assert mlflow.get_run(id_file.read_text().strip()).info.status == "KILLED"
     print(f"stage stopped {stop_s:.1f} s after its parent died", file=sys.__stderr__)
 
+
+# (~20 s)
+def test_sigterm_to_tune_ends_the_stage_run_and_the_running_trial_killed(workdir: Path, repo_params: dict) -> None:
+    params = tune_params(repo_params)
+    use_custom(params, make_npz(workdir / "data.npz", counts=(96, 48, 8)), "binary-class", ["no", "yes"])
+    (workdir / ".dvc").mkdir()  # the project root (the study journal lives there)
+    prepare(workdir, params)
+    params["tune"]["n_trials"] = 3
+    params["tune"]["pruner"]["name"] = "none"
+    params["tune"]["fixed"]["train.max_epochs"] = 6
+    write_params(workdir / "params.yaml", params)
+    process = start_cli(workdir, "tune")
+    wait_for_epoch(workdir, "optuna/trials/*/trial-*/last.ckpt", 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err
+    line = err.rstrip("\n").splitlines()[-1]
+    match = re.fullmatch(
+        r"medmnist-pipeline tune: interrupted by SIGTERM in trial (\d+) at epoch \d+; "
+        r"a rerun continues the study with a new trial",
+        line,
+    )
+    assert match, err
+    trial = int(match[1])
+    runs = mlflow.search_runs(
+        experiment_names=[params["tracking"]["experiment"]], output_format="list", filter_string="tags.stage = 'tune'"
+    )
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED"
+    statuses = {int(r.data.tags["tune.trial"]): r.info.status for r in child_runs(params, parent.info.run_id)}
+    assert statuses[trial] == "KILLED"
+    assert all(status == "FINISHED" for number, status in statuses.items() if number != trial)
+    study = study_of(workdir)
+    assert study.trials[trial].state == TrialState.FAIL
+    assert study.trials[trial].user_attrs["fail_reason"] == "interrupted by SIGTERM"
