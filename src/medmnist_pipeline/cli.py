@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 STAGES = {
@@ -124,7 +125,7 @@ def add_ui_parser(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from medmnist_pipeline.errors import PipelineError
+    from medmnist_pipeline.errors import Interrupted, PipelineError, interrupt_on_signals, stop_with_parent
 
     try:
         if args.command == "predict":  # not a stage: its own arguments
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             from medmnist_pipeline import ui
 
             return ui.main(args.params, host=args.host, port=args.port)
+        interrupt_on_signals()
+        if os.environ.get("DVC_STAGE"):  # started by dvc repro / dvc exp run: end with it
+            stop_with_parent()
         from medmnist_pipeline.config.params import check_trials_can_run, load_params
 
         # Refuse bad params before the stage's module imports torch, Lightning or Optuna (seconds): the stage
@@ -166,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"medmnist-pipeline {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Interrupted as exc:
+        where = f" {exc.where}" if exc.where else ""
+        print(f"medmnist-pipeline {args.command}: interrupted by {exc.name}{where}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"medmnist-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130

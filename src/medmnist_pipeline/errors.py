@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 
 class PipelineError(Exception):
     """A clear, expected failure (bad data, unreachable server, ...): exit status 1."""
@@ -13,6 +18,62 @@ class ParamsError(PipelineError):
     """params.yaml does not pass validation: exit status 2, nothing written."""
 
     exit_code = 2
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT reached a stage: raised where the stage was (not an ``Exception``: no ``except Exception``
+    on the way treats it as a failure to record and carry on). MLflow runs end KILLED on the way out
+    (``tracking.stage_run``), the checkpoint of the last finished epoch stays, and the CLI prints one line and exits
+    128 + the signal's number (143, 130). ``where`` says what a rerun does (set by ``fit``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.where = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM (a scheduler's preemption, ``kill``, a parent dying) and SIGINT (Ctrl-C) raise :class:`Interrupted`
+    once; a second signal during the cleanup is ignored, so the runs still end KILLED (SIGKILL still stops it).
+    Lightning's own SIGTERM handler, installed during ``fit``, calls this one after its own (which would only stop
+    at the next batch and exit 0), and restores it after."""
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
+def stop_with_parent(poll_s: float = 1.0) -> threading.Thread:
+    """SIGTERM to this process once its parent has died (it is then adopted: its parent id changes), e.g. a
+    ``dvc repro`` that got SIGTERM itself and would otherwise leave the stage training, orphaned.
+
+    A watching thread rather than Linux's ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the parent *thread*
+    that started the process ends, not the parent process (a false stop under a multithreaded parent such as a
+    queue worker), and exists on Linux only. The thread costs one ``getppid`` a second and stops the stage within
+    ``poll_s``; the SIGTERM goes through the stage's own handler (runs KILLED, one line, exit 143)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="stop-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medmnist_pipeline.config.params import Params, TrackingParams
-from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.errors import Interrupted, PipelineError
 from medmnist_pipeline.paths import MLFLOW_DB, MLRUNS, project_root
 
 
@@ -203,8 +203,10 @@ def stage_run(
     """An MLflow run for one stage: params of the sections it reads, tags that say what and where.
 
     ``run_id`` continues an interrupted run instead of starting a new one. An exception inside the block ends
-    the run as FAILED (MLflow's own context manager does that); a full disk is the one-line ``write_error``.
+    the run as FAILED (MLflow's own context manager does that; a full disk is one line); SIGTERM/SIGINT
+    (``Interrupted``) end it, and the nested runs still open in it (a tuning trial, a retrain), as KILLED.
     """
+
     mlflow = quiet_mlflow()
     exp_id = experiment_id(params)
     all_tags = {"stage": stage, **git_tags(), **experiment_tags(), **(tags or {})}
@@ -220,6 +222,10 @@ def stage_run(
         mlflow.log_params(flat)
         try:
             yield run
+        except Interrupted:
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            raise
         except OSError as exc:  # a full disk anywhere in the stage (mlruns/, reports/, ...): one line, run FAILED
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -15,6 +15,7 @@ import pandas as pd
 from medmnist_pipeline.config.params import Params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.dataset import DatasetMeta, Split
+from medmnist_pipeline.errors import Interrupted
 from medmnist_pipeline.evaluation.scoring import scores, split_metrics
 from medmnist_pipeline.files import atomic_file, clear_write_errors
 from medmnist_pipeline.models.modelfile import ModelFile
@@ -67,8 +68,8 @@ def retrain(
         with clear_write_errors(f"evaluate/{name}: the model file", done), atomic_file(done) as tmp:
             result.model_file(meta, run.info.run_id).save(tmp)
         mlflow.end_run("FINISHED")
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        mlflow.end_run("KILLED" if isinstance(exc, Interrupted) else "FAILED")
         raise
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return Retrained(ModelFile.load(done), np.load(indices, allow_pickle=False), time.perf_counter() - started)

@@ -26,10 +26,12 @@ from medmnist_pipeline.config.params import AugmentParams, LoaderParams, Params
 from medmnist_pipeline.config.train import TrainParams
 from medmnist_pipeline.data.datamodule import MedMNISTData
 from medmnist_pipeline.data.dataset import DatasetMeta
+from medmnist_pipeline.errors import Interrupted
 from medmnist_pipeline.models.modelfile import DatasetRef, ModelFile
-from medmnist_pipeline.owners import dead_here, worker_id
+from medmnist_pipeline.owners import dead_here, own
 from medmnist_pipeline.paths import AUGMENTED_DIR, PREPARED_DIR, checkpoints_dir
 from medmnist_pipeline.training.callbacks import ReseedEachEpoch
+from medmnist_pipeline.training.checkpoints import finished_epoch, resume_checkpoint
 from medmnist_pipeline.training.classifier import Classifier, build_classifier
 from medmnist_pipeline.training.selection import best_epoch
 from medmnist_pipeline.training.trainer import build_trainer, launch_rank
@@ -101,7 +103,8 @@ def fit(
     tuning trials pass False (a trial that dies is failed and replaced, not resumed).
     """
     resume_from = checkpoint_dir / "last.ckpt"
-    if not (section.resume == "auto" if resume is None else resume):
+    resumes = section.resume == "auto" if resume is None else resume
+    if not resumes:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     pl.seed_everything(seed, workers=True, verbose=False)
     augmented = AUGMENTED_DIR if section.augmented else None
@@ -116,7 +119,12 @@ def fit(
             f"precision {t.precision}), {section.max_epochs} epochs max"
         )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from if resume_from.is_file() else None)
+    start_from = resume_checkpoint(checkpoint_dir, writes=launch_rank() == 0)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=start_from)
+    except Interrupted as exc:
+        exc.where = _rerun_note(trainer.current_epoch, resume_from, resumes)
+        raise
     seconds = time.perf_counter() - started
     if launch_rank() != 0:
         # Another rank of a torchrun/SLURM job (possibly on another node, whose disk holds no checkpoint: only
@@ -137,6 +145,23 @@ def fit(
         "auc": float(best_row["val_auc"]),
     }
     return FitResult(module, history, best, seconds, data.trained_indices())
+
+
+def _rerun_note(epoch: int, last: Path, resumes: bool) -> str:
+    """What an interrupted fit says: the epoch it was in and what a rerun does."""
+    done = finished_epoch(last)
+    if not resumes:  # a tuning trial: its caller says what a rerun does
+        return f"at epoch {epoch}"
+    if done is None:
+        return f"at epoch {epoch}; no epoch finished, a rerun starts over"
+    return f"at epoch {epoch}; rerun resumes from {_shown(last)} (epoch {done} done)"
+
+
+def _shown(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 @dataclass
@@ -166,21 +191,21 @@ def resumable_run(stage: str, params: Params, section: TrainParams, meta: Datase
         yield StageRun(checkpoint_dir, False, None)
         return
     run_id_file = checkpoint_dir.with_name(checkpoint_dir.name + ".mlflow_run_id")
-    interrupted = (checkpoint_dir / "last.ckpt").is_file() and run_id_file.is_file() and section.resume == "auto"
-    resumed_run = run_id_file.read_text().strip() if interrupted else None
-    for ended in end_abandoned_runs(stage, params, keep=checkpoint_dir if resumed_run else None):
-        print(f"ended the interrupted {stage} run {ended} as KILLED: its inputs changed, it can never resume")
-    sections = ["seed", stage] + (["augment"] if section.augmented else [])
-    with stage_run(stage, params, sections, tags=dataset_tags(meta), run_id=resumed_run) as run:
-        run_id_file.parent.mkdir(parents=True, exist_ok=True)
-        run_id_file.write_text(run.info.run_id)
-        _owner_file(checkpoint_dir).write_text(worker_id())
-        if resumed_run:
-            print(f"resuming the interrupted run from {checkpoint_dir / 'last.ckpt'} (MLflow run {resumed_run})")
-        yield StageRun(checkpoint_dir, run_logger(params, run.info.run_id), run)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    run_id_file.unlink(missing_ok=True)
-    _owner_file(checkpoint_dir).unlink(missing_ok=True)
+    # one process per run folder (and so per MLflow run): a second one is refused while the first lives
+    with own(_owner_file(checkpoint_dir), str(_shown(checkpoint_dir))):
+        interrupted = (checkpoint_dir / "last.ckpt").is_file() and run_id_file.is_file() and section.resume == "auto"
+        resumed_run = run_id_file.read_text().strip() if interrupted else None
+        for ended in end_abandoned_runs(stage, params, keep=checkpoint_dir if resumed_run else None):
+            print(f"ended the interrupted {stage} run {ended} as KILLED: its inputs changed, it can never resume")
+        sections = ["seed", stage] + (["augment"] if section.augmented else [])
+        with stage_run(stage, params, sections, tags=dataset_tags(meta), run_id=resumed_run) as run:
+            run_id_file.parent.mkdir(parents=True, exist_ok=True)
+            run_id_file.write_text(run.info.run_id)
+            if resumed_run:
+                print(f"resuming the interrupted run from {checkpoint_dir / 'last.ckpt'} (MLflow run {resumed_run})")
+            yield StageRun(checkpoint_dir, run_logger(params, run.info.run_id), run)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        run_id_file.unlink(missing_ok=True)
 
 
 def _owner_file(checkpoint_dir: Path) -> Path:

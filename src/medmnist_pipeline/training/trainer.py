@@ -62,6 +62,7 @@ def build_trainer(
 ) -> pl.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+    from medmnist_pipeline.training.checkpoints import AtomicCheckpointIO
     from medmnist_pipeline.training.selection import BestCheckpoint
 
     t = params.trainer
@@ -98,6 +99,7 @@ def build_trainer(
         use_distributed_sampler=False,
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # whole or absent: a temporary file in the same folder, renamed
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -27,7 +27,7 @@ from medmnist_pipeline.config.params import Params
 from medmnist_pipeline.config.train import TrainParams, merge_model_keys
 from medmnist_pipeline.config.tune import MODEL_PATH, Distribution
 from medmnist_pipeline.data.dataset import DatasetMeta
-from medmnist_pipeline.errors import PipelineError
+from medmnist_pipeline.errors import Interrupted, PipelineError
 from medmnist_pipeline.files import atomic_file, clear_write_errors, md5sum
 from medmnist_pipeline.owners import worker_id
 from medmnist_pipeline.paths import optuna_journal, trials_dir
@@ -250,6 +250,13 @@ def run_trial(
         mlflow.set_tag("tune.pruned_at_epoch", str(epochs - 1))
         mlflow.end_run("KILLED")  # pruned is not a failure
         verdict = f"pruned at epoch {epochs - 1}" if epochs else f"pruned ({pruned})"
+    except Interrupted as exc:  # SIGTERM/SIGINT: this trial is failed (a rerun runs a replacement), its run KILLED
+        trial.set_user_attr("fail_reason", f"interrupted by {exc.name}")
+        tell(study, trial, state=TrialState.FAIL)
+        mlflow.set_tag("fail_reason", f"interrupted by {exc.name}")
+        mlflow.end_run("KILLED")
+        exc.where = f"in trial {trial.number} {exc.where}".strip() + "; a rerun continues the study with a new trial"
+        raise
     except Exception as exc:  # noqa: BLE001 - a bad combination, NaN loss, out of memory...: record it, the study goes on
         reason = f"{type(exc).__name__}: {exc}"
         trial.set_user_attr("fail_reason", reason[:2000])
