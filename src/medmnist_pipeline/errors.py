@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 
 class PipelineError(Exception):
@@ -40,6 +42,24 @@ class Interrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
+_critical = [0]  # depth of the sections a signal must not cut (signals_deferred)
+_pending: list[int] = []  # a signal that arrived inside one, raised as the outermost section ends
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A section a signal must not cut, e.g. a checkpoint or model file being written: torch.save cut by an
+    exception leaves its writer in a state whose own error ("unexpected pos") would replace the interruption. A
+    SIGTERM/SIGINT arriving inside raises :class:`Interrupted` as soon as the section ends."""
+    _critical[0] += 1
+    try:
+        yield
+    finally:
+        _critical[0] -= 1
+    if not _critical[0] and _pending:
+        raise Interrupted(_pending.pop())
+
+
 def interrupt_on_signals() -> None:
     """SIGTERM (a scheduler's preemption, ``kill``, a parent dying) and SIGINT (Ctrl-C) raise :class:`Interrupted`
     once; a second signal during the cleanup is ignored, so the runs still end KILLED (SIGKILL still stops it).
@@ -50,6 +70,9 @@ def interrupt_on_signals() -> None:
     def handler(signum: int, _frame: object) -> None:
         if not fired:
             fired.append(signum)
+            if _critical[0]:  # inside signals_deferred: raised when the section ends
+                _pending.append(signum)
+                return
             raise Interrupted(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

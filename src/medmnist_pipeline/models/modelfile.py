@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from medmnist_pipeline.config.train import MODEL_KEYS, EfficientNetParams, ModelSection, model_section
-from medmnist_pipeline.errors import PipelineError, first_line, not_a_model_file
+from medmnist_pipeline.errors import PipelineError, first_line, not_a_model_file, signals_deferred
 from medmnist_pipeline.memory import trim_heap
 from medmnist_pipeline.metadata import MULTI_LABEL
 from medmnist_pipeline.models.build import build_model
@@ -77,7 +77,7 @@ class ModelFile:
         facts["history"] = list(self.history)
         stored = {"format": MODEL_FORMAT, **facts, "state_dict": self.state_dict}
         stored["weights_sha256"] = weights_checksum(self.state_dict)
-        with open(path, "wb") as f:
+        with signals_deferred(), open(path, "wb") as f:  # a SIGTERM lands after the write, never inside it
             writer = _RecordingWriter(f)
             try:
                 torch.save(stored, writer)
