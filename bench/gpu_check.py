@@ -88,8 +88,7 @@ MODES: dict[str, dict[str, Any]] = {
             ("baseline", "trainer", "accelerator"): "cpu",
             ("train", "trainer", "accelerator"): "cpu",
             ("baseline", "max_epochs"): 1,
-            ("train", "max_epochs"): 1,
-            ("tune", "fixed", "train.max_epochs"): 1,
+            ("train", "max_epochs"): 1,  # trials too: tune.fixed holds only what differs from train
             ("tune", "n_trials"): 2,
             ("tune", "timeout_s"): 120,
             ("augment", "copies"): 1,
@@ -276,9 +275,10 @@ def write_params(project: Path, mode: str, data: dict[str, Any] | None) -> dict[
         else:
             missing.append(".".join(path))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    from medmnist_pipeline.config.params import load_params
+    from medmnist_pipeline.config.params import check_trials_can_run, load_params
 
-    load_params(project / "params.yaml")  # a bad override fails here, named by key, before any stage runs
+    # a bad override fails here, named by key, before any stage runs (the tune stage's own checks too)
+    check_trials_can_run(load_params(project / "params.yaml"))
     return {"applied": applied, "missing": missing}
 
 
