@@ -48,7 +48,11 @@ def wait_for_epoch(workdir: Path, pattern: str, epoch: int, process: subprocess.
     raise AssertionError(f"no checkpoint of epoch {epoch} after {timeout_s} s")
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],  # (the suite's 15 minutes)
+    ids=["TERM", "INT"],
+)
 # (~60 s each on the loaded 2-core CPU)
 def test_signal_to_train_ends_with_one_line_and_the_rerun_resumes_after_the_last_epoch(
     workdir: Path, repo_params: dict, capsys: pytest.CaptureFixture, signum: int, status: int
@@ -100,6 +104,7 @@ def start_train_twice_test_params(workdir: Path, repo_params: dict, epochs: int)
 
 
 # (~60 s)
+@pytest.mark.slow  # ~60 s: two training processes
 def test_a_second_train_on_the_same_run_folder_is_refused_and_the_first_goes_on(
     workdir: Path, repo_params: dict
 ) -> None:
