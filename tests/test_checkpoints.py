@@ -104,6 +104,7 @@ while True:
 
 
 # (~15 s)
+@pytest.mark.slow  # a training process killed during a save (the suite's 15 minutes)
 def test_a_kill_during_save_never_leaves_a_partial_file_under_the_final_name(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     for attempt in range(3):

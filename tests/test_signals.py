@@ -152,6 +152,7 @@ def gone(pid: int) -> bool:
 
 
 # (~40 s)
+@pytest.mark.slow  # a training process under a stand-in for dvc (the suite's 15 minutes)
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_the_stage_process_stops_when_its_parent_dies(workdir: Path, repo_params: dict) -> None:
     start_train_twice_test_params(workdir, repo_params, epochs=30)
