@@ -132,8 +132,9 @@ def test_predict_streams_a_large_compressed_npz(tmp_path: Path) -> None:
     whole = peak - before
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert len(lines) == N + 1 and lines[-1].startswith(f"{npz}[{N - 1}]")
-    # one 16 MiB chunk of the member, a batch of 256 in flight and the sources' list (48,000 small objects):
-    # measured 66 MiB; the member is 141 MiB
+    # one 16 MiB chunk of the member, a batch of 256 in flight, the sources' list (48,000 small objects) and the CSV
+    # rows held until every input is read (no partial output on a bad input): measured 66 MiB before the rows were
+    # held, 84 MiB with them; they grow with the rows, not the pixels. The member is 141 MiB
     print(f"predict: streamed +{streamed / MIB:.0f} MiB, whole member +{whole / MIB:.0f} MiB")
-    assert streamed < 80 * MIB, streamed / MIB
+    assert streamed < 100 * MIB, streamed / MIB
     assert whole > SPLIT, whole / MIB
