@@ -3,7 +3,9 @@ saved model) and ``initial_model`` (what a training run starts from: ``init_from
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import torch
 
 from medmnist_pipeline.config.train import (
     BackboneModel,
@@ -16,8 +18,15 @@ from medmnist_pipeline.config.train import (
 from medmnist_pipeline.errors import PipelineError
 from medmnist_pipeline.models.networks import ConvNet, LogReg, Network, ResNet, freeze_backbone, replace_head
 
-if TYPE_CHECKING:  # (a type only: modelfile builds its networks here)
-    from medmnist_pipeline.models.modelfile import ModelFile
+
+class StartingWeights(Protocol):
+    """What ``initial_model`` reads of an ``init_from`` model file (a ``modelfile.ModelFile``, which builds its own
+    networks here: named by its shape, not imported, so the two modules do not import each other)."""
+
+    model: ModelSection
+    state_dict: dict[str, torch.Tensor]
+    labels: tuple[str, ...]
+    task: str
 
 
 def build_model(model: ModelSection, in_channels: int, num_outputs: int, image_size: int) -> Network:
@@ -51,7 +60,7 @@ def initial_model(
     labels: tuple[str, ...],
     task: str,
     image_size: int,
-    init_from: ModelFile | None,
+    init_from: StartingWeights | None,
 ) -> Network:
     """The network a training run starts from: ``build_model``, then the backbone of ``init_from`` (the model file
     ``model.init_from`` names, loaded by the caller), and its head too when that model had as many labels and the
